@@ -18,7 +18,8 @@ COMMAND_MODULES = [
     "coloc_ray.cli.analyze",      # coloc analyze
     "coloc_ray.cli.finetune",     # coloc finetune
     "coloc_ray.cli.evaluate",     # coloc eval
-    "coloc_ray.cli.study",        # coloc validate|run|resume|submit|status|logs
+    "coloc_ray.cli.study",        # coloc validate|run|resume
+    "coloc_ray.cli.jobs",         # coloc submit|status|logs
 ]
 
 
