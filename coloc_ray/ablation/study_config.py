@@ -1,0 +1,367 @@
+"""The study file: one YAML that pins a whole ablation study (METHOD 7, 8), validated once.
+
+``load_study(path)`` parses the YAML and the schema (pydantic, ``extra="forbid"``); the cross-field and
+environment checks live in :mod:`coloc_ray.ablation.validate` so that *every* problem is reported at once.
+
+Seeds given as a count expand deterministically: ``control_seeds: 3`` -> ``[123, 124, 125]`` (the paper's
+one seed was 123), ``train_seeds: 2`` -> ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from coloc_ray.errors import UserError
+
+PAPER_CONTROL_SEED = 123  # METHOD 7: the paper drew R once, with seed 123
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProbeSettings(_Strict):
+    """METHOD 1 and 2: how S (sensitivity) and I (RoPE influence) are measured."""
+
+    skip: bool = Field(False, description="Do not run the probes (needs layer_sets.sensitive_layers; no analysis)")
+    pairs: str | None = Field(None, description="Minimal-pairs JSONL (id, domain, correct, incorrect); "
+                                                "null = the 15 pairs shipped with coloc-ray")
+    pooling: Literal["mean", "mean-nosink", "last"] = Field("mean", description="Token pooling of block outputs")
+    sink_multiple: float = Field(10.0, gt=1.0, description="mean-nosink: a token whose norm exceeds this "
+                                                           "multiple of the median is an attention sink")
+    factors: list[float] = Field([2.0], min_length=1, description="RoPE frequency factors f (I_l averages them)")
+    rope_layers: list[int] | None = Field(None, description="Probe RoPE influence on these layers only "
+                                                            "(others interpolated); null = every layer")
+    eval_data: str | None = Field(None, description="Held-out texts for RoPE influence; null = the default split")
+    max_len: int = Field(512, ge=8, description="Truncate RoPE-influence texts to this many tokens")
+    num_texts: int | None = Field(None, ge=1, description="Use only the first N held-out texts (null = all)")
+    num_workers: int | None = Field(None, ge=1, description="Ray tasks for the probes (null = one per CPU/GPU)")
+    n_perm: int = Field(10000, ge=100, description="Permutations for the analysis p-values")
+
+
+class LayerSetSettings(_Strict):
+    """METHOD 7: S = top-k sensitivity layers (or given); R = k layers drawn from those not in S."""
+
+    k: int = Field(10, ge=1, description="Size of S and of every R (needs L >= 2k when an arm uses R)")
+    sensitive_layers: list[int] | None = Field(
+        None, description="Give S explicitly (k layers) instead of taking the top-k of the sensitivity probe")
+
+
+class TrainingSettings(_Strict):
+    """The fine-tune of every trial (METHOD 4, 6); mapped onto coloc_ray.finetune.config.FinetuneConfig."""
+
+    steps: int = Field(3000, ge=1, description="Optimizer steps per trial")
+    lr: float = Field(2e-4, gt=0, description="LoRA learning rate eta (GARFA uses garfa_lr_mult x eta)")
+    garfa_lr_mult: float = Field(5.0, gt=0, description="GARFA learning rate as a multiple of lr")
+    batch_size: int = Field(4, ge=1, description="Per-device batch size")
+    grad_accum: int = Field(4, ge=1, description="Gradient accumulation steps (effective batch = batch x accum)")
+    max_len: int = Field(1024, ge=8, description="Training sequence length in tokens")
+    warmup_frac: float = Field(0.03, ge=0, lt=1, description="Linear warm-up fraction of the cosine schedule")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    lora_r: int = Field(16, ge=1, description="LoRA rank r")
+    lora_alpha: float = Field(32, gt=0, description="LoRA alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    quant: Literal["none", "4bit", "auto"] = Field("auto", description="QLoRA base: 4bit NF4 (CUDA), none, "
+                                                                      "auto = 4bit iff CUDA")
+    data: list[str] | None = Field(None, description="Training data sources (null = the fine-tune's default mix)")
+    max_examples: int | None = Field(None, ge=1, description="Cap on training records (null = all)")
+    eval_every: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = at the end)")
+    extra: dict[str, Any] = Field({}, description="Further FinetuneConfig fields, passed through unchanged")
+
+
+class EvalSettings(_Strict):
+    """METHOD 8: benchmarks run on the base model and on every trial's adapter."""
+
+    benchmarks: list[str] = Field(["mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge"],
+                                  min_length=1, description="Benchmark registry names")
+    limit: int | None = Field(None, ge=1, description="Items per benchmark (null = all)")
+    source: Literal["offline", "hub"] = Field("offline", description="offline = data/ copies; hub = lm-eval tasks")
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend")
+    max_new_tokens: int = Field(512, ge=1, description="Generation budget for generative benchmarks")
+    batch_size: int = Field(8, ge=1, description="Evaluation batch size")
+    extra: dict[str, Any] = Field({}, description="Further EvalConfig fields, passed through unchanged")
+
+
+class ResourceSettings(_Strict):
+    """What one Tune trial reserves. The trial function holds cpus/gpus; its Ray Train workers hold their own."""
+
+    cpus_per_trial: float = Field(0.5, gt=0, description="CPUs held by the trial function (Tune refuses 0)")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs held by the trial function (fractional allowed)")
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of the trial's fine-tune")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per Ray Train worker (fractional allowed)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per Ray Train worker (fractional allowed)")
+
+
+class StudyConfig(_Strict):
+    """A whole study: probes -> analysis -> layer sets -> base eval -> arms on Ray Tune -> report."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Study name (folder, MLflow)")
+    model: str = Field(..., description="Model: alias (smollm2-135m, tiny-gqa), hub id, HF directory or .gguf")
+    probes: ProbeSettings = Field(default_factory=ProbeSettings, description="Probe settings (METHOD 1, 2)")
+    layer_sets: LayerSetSettings = Field(default_factory=LayerSetSettings, description="S / R rule (METHOD 7)")
+    arms: list[str] = Field(["A", "B", "C", "D"], min_length=1, description="Arms by name (see arms.ARMS)")
+    control_seeds: list[int] | int = Field([PAPER_CONTROL_SEED], description="Seeds drawing R: a list, or a "
+                                                                          "count n = 123..123+n-1")
+    train_seeds: list[int] | int = Field([0], description="Training seeds (replicates): a list, or a count n = 0..n-1")
+    training: TrainingSettings = Field(default_factory=TrainingSettings, description="Fine-tune settings")
+    evaluation: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation settings")
+    resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-trial resources")
+    max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once on Ray Tune")
+    max_failures: int = Field(1, ge=0, description="Retries of a failed trial before it counts as errored")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (null = $MLFLOW_TRACKING_URI "
+                                                       "or sqlite:///<cwd>/mlruns.db)")
+    experiment: str | None = Field(None, description="MLflow experiment (null = coloc-<name>)")
+    storage_path: str | None = Field(None, description="Ray Tune storage (null = <study_dir>/tune)")
+    output_dir: str | None = Field(None, description="Study directory (null = runs/<name>)")
+    cost_per_gpu_hour: float = Field(0.0, ge=0, description="USD per GPU-hour, for the report's cost column")
+
+    @field_validator("control_seeds", "train_seeds")
+    @classmethod
+    def _count_positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"a seed count must be >= 1, got {v}; give a list of seeds or a positive count")
+        if isinstance(v, list) and not v:
+            raise ValueError("no seeds given; give a list of seeds or a positive count")
+        return v
+
+    # -- resolved views ----------------------------------------------------------------------
+    @property
+    def control_seed_list(self) -> list[int]:
+        v = self.control_seeds
+        return list(range(PAPER_CONTROL_SEED, PAPER_CONTROL_SEED + v)) if isinstance(v, int) else list(v)
+
+    @property
+    def train_seed_list(self) -> list[int]:
+        v = self.train_seeds
+        return list(range(v)) if isinstance(v, int) else list(v)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"coloc-{self.name}"
+
+    def study_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+    def resolved(self) -> dict:
+        """The config as run (seed counts expanded): what ``study.json`` holds."""
+        d = self.model_dump(mode="json")
+        d["control_seeds"], d["train_seeds"] = self.control_seed_list, self.train_seed_list
+        return d
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "<top>"
+
+
+def schema_errors(data: Any, where: str = "study") -> list[str]:
+    """Every schema problem of ``data`` (a parsed YAML mapping), one line each naming key, value and fix."""
+    if not isinstance(data, dict):
+        return [f"{where}: the study file must be a YAML mapping (key: value), got {type(data).__name__}"]
+    try:
+        StudyConfig.model_validate(data)
+    except ValidationError as e:
+        out = []
+        for err in e.errors():
+            key = _loc(err["loc"])
+            if err["type"] == "extra_forbidden":
+                out.append(f"{where}: unknown key {key!r}; remove it or fix its spelling "
+                           f"(see `coloc validate --schema`)")
+            elif err["type"] == "missing":
+                out.append(f"{where}: key {key!r} is required; add it")
+            else:
+                out.append(f"{where}: {key} = {err.get('input')!r}: {err['msg']}")
+        return out
+    return []
+
+
+def parse_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a syntax error becomes a UserError naming the line and column."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"study file {str(p)!r} does not exist; pass the path of a study YAML")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{p}: YAML syntax error{at}: {problem}; fix the YAML") from None
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Load and schema-check a study YAML; all schema errors at once in one UserError (one per line)."""
+    data = parse_yaml(path)
+    errs = schema_errors(data, where=str(path))
+    if errs:
+        raise UserError("\n".join(errs))
+    return StudyConfig.model_validate(data)
+
+
+def schema_help() -> str:
+    """Every key with its default and description (``coloc validate --schema``)."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                lines.append(f"{prefix}{name}:  # {f.description}")
+                walk(ann, prefix + "  ")
+            else:
+                default = "REQUIRED" if f.is_required() else repr(f.get_default(call_default_factory=True))
+                lines.append(f"{prefix}{name}: {default}  # {f.description}")
+
+    walk(StudyConfig, "")
+    return "\n".join(lines)
+
+
+# -- cross-field and environment checks ----------------------------------------------------------
+KNOWN_BENCHMARKS = ("mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge")
+
+
+def model_num_layers(spec: str) -> int | None:
+    """L of ``spec`` from its config alone (no weights); None when the config is not available offline."""
+    import logging
+
+    from coloc_ray.models import resolve_model_dir
+
+    try:
+        path, extra = resolve_model_dir(spec)
+        if "gguf_file" in extra:
+            return None  # reading a GGUF header costs a full parse; the run checks L after loading
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except UserError:
+        raise
+    except Exception as e:  # offline and not cached: schema checks still run, L checks are skipped
+        logging.getLogger(__name__).warning("model %r: config not available offline (%s); "
+                                            "skipping the checks that need L", spec, str(e).splitlines()[0])
+        return None
+    return int(cfg.num_hidden_layers)
+
+
+def _benchmark_names() -> tuple[str, ...]:
+    try:  # the evaluation engineer's registry, when it exists
+        from coloc_ray.evaluation.benchmarks import BENCHMARKS
+
+        return tuple(BENCHMARKS)
+    except Exception:
+        return KNOWN_BENCHMARKS
+
+
+def _dupes(xs: list) -> list:
+    return sorted({x for x in xs if xs.count(x) > 1})
+
+
+def _layer_errors(key: str, layers: list[int], L: int | None) -> list[str]:
+    out = []
+    if _dupes(layers):
+        out.append(f"{key} = {layers}: duplicate layers {_dupes(layers)}; list each layer once")
+    if L is not None:
+        bad = [x for x in layers if not 0 <= x < L]
+        if bad:
+            out.append(f"{key} = {layers}: layers {bad} out of range for a model with L = {L} layers; "
+                       f"use 0..{L - 1}")
+    return out
+
+
+def validate_study(cfg: StudyConfig, cluster_resources: dict | None = None,
+                   num_layers: int | None = None) -> list[str]:
+    """Every cross-field / environment problem of ``cfg`` at once, one line each (key, value, fix).
+
+    Args:
+        cfg: a schema-valid study.
+        cluster_resources: ``{"CPU": n, "GPU": m}`` of the cluster that will run it (None: not checked).
+        num_layers: L if already known; otherwise read cheaply from the model's config (no weights).
+    """
+    from coloc_ray.ablation.arms import ARMS
+
+    errs: list[str] = []
+    L = num_layers
+    if L is None:
+        try:
+            L = model_num_layers(cfg.model)
+        except UserError as e:
+            errs.append(f"model = {cfg.model!r}: {e}")
+    arms = [ARMS[a] for a in cfg.arms if a in ARMS]
+    for a in dict.fromkeys(cfg.arms):
+        if a not in ARMS:
+            errs.append(f"arms: unknown arm {a!r}; valid arms: {', '.join(ARMS)}")
+    if _dupes(cfg.arms):
+        errs.append(f"arms = {cfg.arms}: duplicate arms {_dupes(cfg.arms)}; list each arm once")
+    errs += _seed_errors(cfg)
+    errs += _layer_set_errors(cfg, arms, L)
+    errs += _path_errors(cfg)
+    bench = _benchmark_names()
+    for b in cfg.evaluation.benchmarks:
+        if b not in bench:
+            errs.append(f"evaluation.benchmarks: unknown benchmark {b!r}; valid: {', '.join(bench)}")
+    if cluster_resources is not None:
+        errs += _resource_errors(cfg, cluster_resources)
+    return errs
+
+
+def _seed_errors(cfg: StudyConfig) -> list[str]:
+    out = []
+    for key, seeds in (("control_seeds", cfg.control_seed_list), ("train_seeds", cfg.train_seed_list)):
+        if _dupes(seeds):
+            out.append(f"{key} = {seeds}: duplicate seeds {_dupes(seeds)}; each seed must be distinct")
+    return out
+
+
+def _layer_set_errors(cfg: StudyConfig, arms: list, L: int | None) -> list[str]:
+    ls, k, out = cfg.layer_sets, cfg.layer_sets.k, []
+    uses_r = any(a.uses_r for a in arms)
+    if L is not None:
+        if uses_r and L < 2 * k:
+            users = [a.name for a in arms if a.uses_r]
+            out.append(f"layer_sets.k = {k}: arms {users} draw R from the layers not in S, which needs "
+                       f"L >= 2k, but the model has L = {L}; use k <= {L // 2}")
+        elif k > L:
+            out.append(f"layer_sets.k = {k}: larger than the model's L = {L} layers; use k <= {L}")
+    if ls.sensitive_layers is not None:
+        if len(ls.sensitive_layers) != k:
+            out.append(f"layer_sets.sensitive_layers = {ls.sensitive_layers}: has {len(ls.sensitive_layers)} "
+                       f"layers but k = {k}; give exactly k layers or change k")
+        out += _layer_errors("layer_sets.sensitive_layers", ls.sensitive_layers, L)
+    if cfg.probes.rope_layers is not None:
+        out += _layer_errors("probes.rope_layers", cfg.probes.rope_layers, L)
+    if cfg.probes.skip:
+        if ls.sensitive_layers is None:
+            out.append("probes.skip = True: S then has no source; give layer_sets.sensitive_layers "
+                       "or set probes.skip: false")
+        if any(a.uses_rope for a in arms):
+            out.append("probes.skip = True: arm 'rope_topk' needs the RoPE-influence probe; "
+                       "remove the arm or set probes.skip: false")
+    return out
+
+
+def _path_errors(cfg: StudyConfig) -> list[str]:
+    out = []
+    for key, p in (("probes.pairs", cfg.probes.pairs), ("probes.eval_data", cfg.probes.eval_data)):
+        if p is not None and not Path(p).expanduser().exists():
+            out.append(f"{key} = {p!r}: no such file; give an existing path or null for the default")
+    return out
+
+
+def _resource_errors(cfg: StudyConfig, res: dict) -> list[str]:
+    r, out = cfg.resources, []
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    gpu_ask = r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker
+    cpu_ask = r.cpus_per_trial + r.workers_per_trial * r.cpus_per_worker
+    if gpu_ask > 0 and gpus == 0:
+        out.append(f"resources: a trial asks for {gpu_ask:g} GPUs (gpus_per_trial + workers x gpus_per_worker) "
+                   "but the cluster has no GPU; set them to 0 or run on a GPU cluster")
+    elif gpu_ask > gpus:
+        out.append(f"resources: a trial asks for {gpu_ask:g} GPUs but the cluster has {gpus:g}; "
+                   "lower workers_per_trial / gpus_per_worker")
+    if cpu_ask > cpus:
+        out.append(f"resources: a trial asks for {cpu_ask:g} CPUs (cpus_per_trial + workers x cpus_per_worker) "
+                   f"but the cluster has {cpus:g}; lower them (fractions are allowed)")
+    return out
