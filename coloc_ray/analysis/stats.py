@@ -98,6 +98,8 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None) 
     Rank x, y and z; regress rank(z) (with intercept) out of rank(x) and rank(y) by least squares;
     the Pearson r of the two residual vectors is the partial r. Its p uses the t distribution
     with n - 3 degrees of freedom (one more than a plain correlation, for the controlled variable).
+    If a profile's ranks are exactly a linear function of rank(z) (e.g. strictly rising with depth),
+    the partial correlation is undefined and (0.0, 1.0) is returned: no relation beyond depth.
     """
     from scipy import stats
 
@@ -110,7 +112,9 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None) 
         coef, *_ = np.linalg.lstsq(design, rv, rcond=None)
         resid.append(rv - design @ coef)
     if min(float(np.dot(r, r)) for r in resid) < 1e-18:
-        raise UserError("partial correlation undefined: a profile is a pure function of layer depth")
+        # A profile whose ranks are exactly the depth order has nothing left once depth is
+        # known: report "no relation beyond depth" (r = 0, p = 1) rather than failing the study.
+        return 0.0, 1.0
     r = float(stats.pearsonr(resid[0], resid[1]).statistic)
     return r, p_from_r(r, n, dof_lost=3)
 

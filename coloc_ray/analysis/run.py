@@ -1,0 +1,123 @@
+"""The analysis stage: probe records in, ``analysis.json`` + figures + one MLflow run out.
+
+``run_analysis`` is what the study spine and ``coloc analyze`` call. Inputs are validated before
+anything is written; outputs appear all at once (``staged_output``) or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from coloc_ray.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_FILE = "analysis.json"
+PROFILES_PNG = "profiles.png"
+RANK_PNG = "rank_scatter.png"
+
+
+def load_probe(path: str | Path, kind: str) -> dict:
+    """Read a probe JSON (``kind`` is "sensitivity" or "rope influence") or raise a one-line UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{kind} file {p} does not exist; pass the JSON written by `coloc probe`")
+    try:
+        rec = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{kind} file {p} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
+                        "re-run the probe") from None
+    return check_probe(rec, f"{kind} file {p}")
+
+
+def check_probe(rec: Any, where: str) -> dict:
+    """Check a probe record has ``scores`` (finite, one per layer) matching ``num_layers``."""
+    from coloc_ray.analysis.stats import as_profile
+
+    if not isinstance(rec, Mapping) or "scores" not in rec:
+        raise UserError(f"{where}: no 'scores' list; expected a sensitivity.json / rope_influence.json")
+    scores = as_profile(rec["scores"], f"{where}: scores")
+    n = rec.get("num_layers")
+    if n is not None and n != scores.size:
+        raise UserError(f"{where}: num_layers={n} but {scores.size} scores; the file is inconsistent")
+    return dict(rec)
+
+
+def _check_same_model(sens: Mapping, rope: Mapping) -> None:
+    ms, mr = sens.get("model"), rope.get("model")
+    if ms and mr and ms != mr:
+        raise UserError(f"sensitivity is for model {ms!r} but rope influence is for {mr!r}; "
+                        "probe the same model")
+
+
+def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str | Path,
+                 tracker=None, n_perm: int = 10000, seed: int = 0) -> dict:
+    """Analyze two probe records, write ``analysis.json`` and two PNGs into ``out_dir``, log to MLflow.
+
+    Args:
+        sensitivity: the ``sensitivity.json`` record (needs ``scores``).
+        rope: the ``rope_influence.json`` record (needs ``scores``).
+        top_k: top-set size; ``None`` takes the sensitivity record's ``top_k`` (else 10).
+        out_dir: output folder (created; other files in it are left alone).
+        tracker: a :class:`coloc_ray.tracking.Tracker`; started here (and ended) if not yet started.
+        n_perm: permutations for the permutation p.
+        seed: seed of the permutation null.
+
+    Returns:
+        The ``analysis.json`` record.
+    """
+    from coloc_ray.analysis.colocalization import analyze
+    from coloc_ray.analysis.plots import plot_profiles, plot_rank_scatter
+    from coloc_ray.io import staged_output, write_json
+
+    sens = check_probe(sensitivity, "sensitivity")
+    rp = check_probe(rope, "rope influence")
+    _check_same_model(sens, rp)
+    k = int(top_k if top_k is not None else sens.get("top_k") or 10)
+    result = analyze(sens["scores"], rp["scores"], top_k=k, n_perm=n_perm, seed=seed)
+    result["model"] = sens.get("model") or rp.get("model")
+    interp = rp.get("interpolated") or []
+    result["rope_interpolated_layers"] = [i for i, flag in enumerate(interp) if flag]
+    out = Path(out_dir)
+    with staged_output(out) as stage:
+        write_json(stage / ANALYSIS_FILE, result)
+        title = f"{result['model'] or 'model'}: {result['num_layers']} layers, top-{k}"
+        plot_profiles(sens["scores"], rp["scores"], result["sensitive_layers"], result["rope_layers"],
+                      stage / PROFILES_PNG, title=title)
+        plot_rank_scatter(sens["scores"], rp["scores"], stage / RANK_PNG,
+                          spearman_r=result["spearman_r"], title=title)
+    if tracker is not None and tracker.enabled:
+        _log(tracker, result, sens, rp, out)
+    log.info("analysis: %s", result["interpretation"])
+    return result
+
+
+_METRICS = ("spearman_r", "spearman_p", "permutation_p", "overlap", "expected_overlap", "overlap_p",
+            "partial_r", "partial_p", "circular_shift_p")
+
+
+def _log(tracker, result: dict, sens: Mapping, rope: Mapping, out: Path) -> None:
+    # A tracker the caller already started stays open (the caller ends it); else we own the run.
+    owned = tracker.run_id is None
+    tracker.start()
+    try:
+        tracker.log_params({"stage": "analysis", "model": result["model"], "top_k": result["top_k"],
+                            "num_layers": result["num_layers"], "n_perm": result["n_perm"],
+                            "seed": result["seed"], "pooling": sens.get("pooling"),
+                            "rope_factors": rope.get("factors"),
+                            "sensitive_layers": result["sensitive_layers"],
+                            "rope_layers": result["rope_layers"]})
+        tracker.log_metrics({k: result[k] for k in _METRICS})
+        tracker.log_series("sensitivity", sens["scores"])
+        tracker.log_series("rope_influence", rope["scores"])
+        for name in (ANALYSIS_FILE, PROFILES_PNG, RANK_PNG):
+            tracker.log_artifact(out / name, "analysis")
+    except BaseException:
+        if owned:
+            tracker.end("FAILED")
+        raise
+    if owned:
+        tracker.end("FINISHED")
