@@ -1,0 +1,166 @@
+"""Public probe API (docs/ARCHITECTURE.md "Probes"): one call per probe, returning its JSON dict.
+
+``num_workers``: ``None`` = one Ray task per CPU (per GPU on a GPU cluster) via
+:func:`coloc_ray.raycluster.default_num_workers`; ``N >= 1`` = N Ray tasks; ``0`` = in this process, no Ray
+(unit tests, quick runs, an already-loaded model with changed weights). Every user mistake raises a
+:class:`~coloc_ray.errors.UserError` before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Sequence
+
+from coloc_ray.errors import UserError
+from coloc_ray.probes.evaltexts import resolve_eval_texts
+from coloc_ray.probes.pairs import MinimalPair, load_pairs
+from coloc_ray.probes.rope_influence import influence_profile, rope_layer_losses
+from coloc_ray.probes.sensitivity import aggregate, check_pooling, pair_deltas, top_k_layers
+
+log = logging.getLogger(__name__)
+
+
+def _model_ref(model) -> tuple[str, int]:
+    """(spec Ray workers can load, number of layers) without loading weights for a string spec."""
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        from coloc_ray.models import resolve_model_dir
+
+        path, extra = resolve_model_dir(model)
+        try:
+            cfg = AutoConfig.from_pretrained(path, **extra)
+        except OSError as e:
+            raise UserError(f"--model {model!r}: cannot read its config ({str(e).splitlines()[0]})") from None
+        return model, int(cfg.num_hidden_layers)
+    return model.spec, int(model.info.num_layers)
+
+
+def _loaded(model):
+    if isinstance(model, str):
+        from coloc_ray.models import load_model
+
+        return load_model(model)
+    return model
+
+
+def _num_workers(num_workers: int | None, address: str | None) -> int:
+    if num_workers is not None:
+        if num_workers < 0:
+            raise UserError(f"--num-workers {num_workers}: use 0 (no Ray) or a positive number of Ray tasks")
+        return num_workers
+    import ray
+
+    from coloc_ray.raycluster import default_num_workers, ensure_ray
+
+    started = not ray.is_initialized()
+    ensure_ray(address=address)
+    try:
+        return default_num_workers()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _resolve_pairs(pairs) -> list[MinimalPair]:
+    if pairs is None or isinstance(pairs, (str, bytes)) or hasattr(pairs, "__fspath__"):
+        return load_pairs(pairs)
+    out = [p if isinstance(p, MinimalPair) else MinimalPair(**p) for p in pairs]
+    if not out:
+        raise UserError("pairs: the list of minimal pairs is empty")
+    return out
+
+
+def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: float = 10.0, top_k: int = 10,
+                    num_workers: int | None = None, address: str | None = None) -> dict:
+    """Correctness-differential sensitivity per layer (METHOD 1) = ``sensitivity.json``.
+
+    Args:
+        model: a ``--model`` spec or a :class:`~coloc_ray.models.LoadedModel` (fp32).
+        pairs: None (the shipped 15), a JSONL path, or a list of MinimalPair / dicts.
+        pooling: ``mean`` | ``mean-nosink`` | ``last``; ``sink_multiple`` applies to ``mean-nosink``.
+        top_k: how many layers ``top_layers`` lists (ties to the lower index).
+        num_workers, address: see the module docstring.
+
+    Returns:
+        ``model, num_layers, scores[L], per_domain{domain: [L]}, per_pair{id: [L]}, top_k, top_layers,
+        pooling, sink_multiple, pair_domains, num_pairs, num_workers, wall_s``.
+    """
+    check_pooling(pooling, sink_multiple)
+    plist = _resolve_pairs(pairs)
+    ref, num_layers = _model_ref(model)
+    if not 1 <= top_k <= num_layers:
+        raise UserError(f"--top-k {top_k}: must be between 1 and the model's {num_layers} layers")
+    workers = _num_workers(num_workers, address)
+    t0 = time.time()
+    if workers == 0:
+        lm = _loaded(model)
+        per_pair = pair_deltas(lm.model, lm.tokenizer, plist, pooling, sink_multiple)
+    else:
+        from coloc_ray.probes.distributed import sensitivity_on_ray
+
+        per_pair = sensitivity_on_ray(ref, plist, pooling, sink_multiple, workers, address)
+    scores, per_domain = aggregate(plist, per_pair)
+    return {
+        "model": ref, "num_layers": num_layers, "scores": scores, "per_domain": per_domain,
+        "per_pair": {p.id: per_pair[p.id] for p in plist}, "top_k": top_k,
+        "top_layers": top_k_layers(scores, top_k), "pooling": pooling, "sink_multiple": sink_multiple,
+        "pair_domains": {p.id: p.domain for p in plist}, "num_pairs": len(plist), "num_workers": workers,
+        "wall_s": round(time.time() - t0, 3),
+    }
+
+
+def _check_rope_args(factors: Sequence[float], layers, num_layers: int, max_len: int) -> tuple[list, list]:
+    facs = [float(f) for f in factors]
+    if not facs or any(not math.isfinite(f) or f <= 0 for f in facs):
+        raise UserError(f"--factor {list(factors)}: give one or more finite factors > 0 (e.g. --factor 2.0)")
+    if len(set(facs)) != len(facs):
+        raise UserError(f"--factor {facs}: each factor once")
+    if max_len < 2:
+        raise UserError(f"--max-len {max_len}: must be >= 2 (the loss predicts token t+1 from token t)")
+    lays = list(range(num_layers)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in lays if not 0 <= l < num_layers]
+    if not lays or bad or len(set(lays)) != len(lays):
+        raise UserError(f"--layers {lays}: give distinct layer indices in 0..{num_layers - 1}")
+    return facs, sorted(lays)
+
+
+def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,), layers=None, naive: bool = False,
+                       max_len: int = 512, num_workers: int | None = None, address: str | None = None,
+                       num_texts: int | None = None) -> dict:
+    """RoPE influence per layer (METHOD 2) = ``rope_influence.json``.
+
+    Args:
+        model: a ``--model`` spec or a LoadedModel (fp32).
+        eval_data: None (the seeded held-out slice of the training mix), a JSONL path (``text`` per line),
+            or a list of strings; ``num_texts`` keeps the first N.
+        factors: RoPE frequency factors f (layer l uses ``inv_freq * f**(-2i/d)``).
+        layers: the layers to probe (default all); the rest are interpolated and flagged.
+        naive: full forward per (layer, factor) instead of the cached tail recompute (same numbers).
+        max_len: texts are truncated to this many tokens.
+
+    Returns:
+        ``model, num_layers, factors, base_loss, scores[L], interpolated[L], losses{factor: [L]}, layers,
+        naive, max_len, num_texts, num_tokens, num_workers, wall_s``.
+    """
+    texts = resolve_eval_texts(eval_data, num_texts)
+    ref, num_layers = _model_ref(model)
+    facs, lays = _check_rope_args(factors, layers, num_layers, max_len)
+    workers = _num_workers(num_workers, address)
+    t0 = time.time()
+    if workers == 0:
+        lm = _loaded(model)
+        raw = rope_layer_losses(lm.model, lm.tokenizer, texts, facs, lays, naive=naive, max_len=max_len)
+    else:
+        from coloc_ray.probes.distributed import rope_on_ray
+
+        raw = rope_on_ray(ref, texts, facs, lays, naive, max_len, num_layers, workers, address)
+    prof = influence_profile(raw, facs, lays, num_layers)
+    return {
+        "model": ref, "num_layers": num_layers, "factors": facs, "base_loss": raw["base_loss"],
+        "scores": prof["scores"], "interpolated": prof["interpolated"], "losses": prof["losses"],
+        "layers": lays, "naive": naive, "max_len": max_len, "num_texts": len(texts),
+        "num_tokens": raw["num_tokens"], "num_workers": workers, "wall_s": round(time.time() - t0, 3),
+    }

@@ -1,0 +1,138 @@
+"""Correctness-differential sensitivity per layer (METHOD 1), in plain torch: no Ray, no MLflow.
+
+h_l(x) is the output of decoder block l (the residual stream after block l, before the final norm), read
+with forward hooks (``output_hidden_states`` would hand back the post-norm state for the last layer),
+pooled over the non-padding tokens in fp64. delta_l = 1 - cos(h_l(x+), h_l(x-));
+S_l = mean over domains of the per-domain mean of delta_l.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from coloc_ray.errors import UserError
+from coloc_ray.models import decoder_layers, unwrap_model
+from coloc_ray.probes.pairs import MinimalPair, domains_of
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "mean-nosink", "last")
+
+
+def check_pooling(pooling: str, sink_multiple: float) -> None:
+    """UserError for an unknown pooling or a sink multiple that is not > 1."""
+    if pooling not in POOLINGS:
+        raise UserError(f"--pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    if not sink_multiple > 1.0:
+        raise UserError(f"--sink-multiple {sink_multiple!r}: must be > 1 (a multiple of the median token norm)")
+
+
+def tokenize_right(tokenizer, texts: Sequence[str], max_len: int | None = None) -> dict:
+    """Right-padded batch: real tokens keep positions 0..n-1 and never attend to padding (causal)."""
+    kw = {"truncation": True, "max_length": max_len} if max_len else {}
+    enc = tokenizer(list(texts), padding=True, return_tensors="pt", padding_side="right", **kw)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def block_outputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Outputs of every decoder block (list of L tensors ``[B, T, hidden]``) from one fp32 forward."""
+    base = unwrap_model(model)
+    layers = decoder_layers(base)
+    outs: list[torch.Tensor | None] = [None] * len(layers)
+
+    def make_hook(i):
+        def hook(_mod, _args, out):
+            outs[i] = (out[0] if isinstance(out, tuple) else out).detach()
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    # The decoder alone: the lm_head over the vocabulary is not needed for block outputs.
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
+    dev = next(base.parameters()).device
+    try:
+        with torch.no_grad():
+            decoder(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return outs  # type: ignore[return-value]
+
+
+def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str = "mean", sink_multiple: float = 10.0) -> torch.Tensor:
+    """Pool ``h`` ``[B, T, D]`` over the tokens where ``mask`` ``[B, T]`` is 1; returns ``[B, D]`` fp64.
+
+    ``mean-nosink`` drops the first real token and every token whose norm exceeds ``sink_multiple`` x the
+    sequence's median token norm (median over real tokens, interpolated); a sequence left with no token
+    falls back to the plain mean. ``last`` takes the last real token.
+    """
+    h = h.double()
+    m = mask.to(h.device).bool()
+    if pooling == "last":
+        pos = torch.arange(m.shape[1], device=h.device).expand_as(m)
+        last = torch.where(m, pos, torch.full_like(pos, -1)).max(dim=1).values
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    if pooling == "mean-nosink":
+        norms = h.norm(dim=-1)
+        median = torch.nanquantile(norms.masked_fill(~m, float("nan")), 0.5, dim=1, keepdim=True)
+        keep = m & (norms <= sink_multiple * median)
+        first = m.float().argmax(dim=1)  # first real token (index 0 under right padding)
+        keep[torch.arange(m.shape[0], device=h.device), first] = False
+        empty = keep.sum(dim=1) == 0
+        if bool(empty.any()):
+            log.warning("mean-nosink: %d sequence(s) had no token left; used the plain mean", int(empty.sum()))
+            keep[empty] = m[empty]
+        m = keep
+    elif pooling != "mean":
+        raise UserError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    w = m.double().unsqueeze(-1)
+    return (h * w).sum(dim=1) / w.sum(dim=1)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(a, b)`` along the last dim, in fp64."""
+    a, b = a.double(), b.double()
+    return 1.0 - (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
+def pair_deltas(model, tokenizer, pairs: Sequence[MinimalPair], pooling: str = "mean",
+                sink_multiple: float = 10.0, batch_pairs: int = 8) -> dict[str, list[float]]:
+    """delta_l for every pair: ``{pair_id: [L floats]}``.
+
+    Each batch holds the correct and incorrect texts of up to ``batch_pairs`` pairs, right-padded together;
+    one forward gives every layer at once.
+    """
+    check_pooling(pooling, sink_multiple)
+    out: dict[str, list[float]] = {}
+    for start in range(0, len(pairs), batch_pairs):
+        chunk = list(pairs[start:start + batch_pairs])
+        texts = [p.correct for p in chunk] + [p.incorrect for p in chunk]
+        enc = tokenize_right(tokenizer, texts)
+        hs = block_outputs(model, enc["input_ids"], enc["attention_mask"])
+        n = len(chunk)
+        per_layer = []
+        for h in hs:
+            pooled = pool(h, enc["attention_mask"], pooling, sink_multiple)
+            per_layer.append(cosine_distance(pooled[:n], pooled[n:]))
+        deltas = torch.stack(per_layer, dim=1).cpu()  # [n, L]
+        for p, row in zip(chunk, deltas):
+            out[p.id] = [float(v) for v in row]
+    return out
+
+
+def aggregate(pairs: Sequence[MinimalPair], per_pair: dict[str, list[float]]) -> tuple[list[float], dict]:
+    """S_l = mean over domains of the per-domain mean delta_l; returns ``(scores, per_domain)``."""
+    per_domain: dict[str, list[float]] = {}
+    for dom in domains_of(list(pairs)):
+        rows = torch.tensor([per_pair[p.id] for p in pairs if p.domain == dom], dtype=torch.float64)
+        per_domain[dom] = rows.mean(dim=0).tolist()
+    scores = torch.tensor(list(per_domain.values()), dtype=torch.float64).mean(dim=0).tolist()
+    return scores, per_domain
+
+
+def top_k_layers(scores: Sequence[float], k: int) -> list[int]:
+    """Indices of the k highest scores (ties to the lower index), returned sorted ascending."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(order[:k])
