@@ -1,0 +1,191 @@
+"""The reversible HF attention patch: keys of KV head g rotate with GARFA's frequencies (METHOD 5).
+
+``apply_garfa`` replaces the bound ``forward`` of the chosen layers' attention modules with
+:func:`_garfa_attention_forward`, a copy of the HF Llama / Qwen2 / Mistral attention (transformers 5.19) whose only
+change is the key rotation. Everything else is the module's own: its q/k/v/o projections (so PEFT LoRA stays in
+the forward), the attention interface it dispatches to (eager, sdpa, flash, ...), the KV-cache update and the
+family's sliding window. ``remove_garfa`` puts the original ``forward`` back exactly.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from coloc_ray.errors import UserError
+from coloc_ray.garfa.core import GARFA_C, GarfaScalers, key_cos_sin, key_inv_freq, rotate_half
+
+SUBMODULE = "garfa_scalers"
+_NO_FORWARD = object()  # marks "the instance had no forward of its own" (the usual case)
+
+# model_type -> extra kwargs the family's own attention passes to its attention interface.
+GARFA_FAMILIES: dict[str, Callable[[nn.Module], dict]] = {}
+
+
+def register_garfa_family(model_type: str, extra_kwargs: Callable[[nn.Module], dict]) -> None:
+    """Declare that the attention of ``model_type`` has the Llama layout (q/k/v/o_proj, head_dim, layer_idx)."""
+    GARFA_FAMILIES[model_type] = extra_kwargs
+
+
+register_garfa_family("llama", lambda m: {})
+register_garfa_family("qwen2", lambda m: {"sliding_window": getattr(m, "sliding_window", None)})
+register_garfa_family("mistral", lambda m: {"sliding_window": getattr(m.config, "sliding_window", None)})
+
+
+@dataclass(eq=False)
+class _GarfaLink:
+    """What a patched attention module needs; a plain object, so it is not registered as a submodule."""
+
+    scalers: GarfaScalers
+    row: int
+    rotary: nn.Module
+    extra_kwargs: dict
+    eager: Callable
+    original_forward: Any = field(default=_NO_FORWARD)
+
+    def key_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # Recomputed every forward, with grad: rho changes each optimizer step. The rotary module's inv_freq
+        # is read now, not at patch time, so dynamic rope types that update it per forward are followed.
+        alpha = self.scalers.alpha()[self.row]
+        inv = key_inv_freq(self.rotary.inv_freq, alpha)
+        scaling = float(getattr(self.rotary, "attention_scaling", 1.0) or 1.0)
+        return key_cos_sin(inv, positions, scaling, dtype)
+
+
+def _key_positions(module: nn.Module, hidden_states: torch.Tensor, past_key_values, kwargs: dict) -> torch.Tensor:
+    """Positions of the new keys: the ``position_ids`` the decoder passed (the same ones that built the
+    model's cos/sin), else the cache length + arange (a direct call without position ids)."""
+    pos = kwargs.get("position_ids")
+    if pos is not None:
+        return pos
+    past = past_key_values.get_seq_length(module.layer_idx) if past_key_values is not None else 0
+    return torch.arange(hidden_states.shape[1], device=hidden_states.device)[None, :] + past
+
+
+def _garfa_attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None,
+                             attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
+    """HF Llama-layout attention with per-KV-head GARFA key rotation (bound to the attention module)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    link: _GarfaLink = self._garfa_link
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+    cos, sin = position_embeddings  # the model's own tables: queries keep them
+    query = query * cos.unsqueeze(1) + rotate_half(query) * sin.unsqueeze(1)
+    kcos, ksin = link.key_tables(_key_positions(self, hidden_states, past_key_values, kwargs), key.dtype)
+    key = key * kcos + rotate_half(key) * ksin  # rotated at their own positions, before the cache
+
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, self.layer_idx)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, link.eager)
+    out, weights = interface(
+        self, query, key, value, attention_mask,
+        dropout=0.0 if not self.training else self.attention_dropout,
+        scaling=self.scaling, **link.extra_kwargs, **kwargs)
+    out = out.reshape(*input_shape, -1).contiguous()
+    return self.o_proj(out), weights
+
+
+def _check_layers(layers: Sequence[int], num_layers: int, name: str) -> list[int]:
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise UserError(f"GARFA layers {layers!r} for model {name!r}: give a list of layer indices")
+    out = []
+    for raw in layers:
+        try:
+            x = operator.index(raw)  # ints, numpy / 0-d torch ints; not floats or strings
+        except TypeError:
+            x = None
+        if x is None or isinstance(raw, bool):
+            raise UserError(f"GARFA layer {raw!r} for model {name!r} is not an integer layer index")
+        if not 0 <= x < num_layers:
+            raise UserError(f"GARFA layer {x} is out of range for model {name!r} with {num_layers} layers "
+                            f"(use 0..{num_layers - 1})")
+        if x in out:
+            raise UserError(f"GARFA layer {x} appears twice in {list(layers)!r} for model {name!r}; list each once")
+        out.append(x)
+    return sorted(out)
+
+
+def apply_garfa(model: nn.Module, layers: Sequence[int], c: float = GARFA_C) -> GarfaScalers:
+    """Patch the attention of ``layers`` with GARFA and register the scalers (rho = 0, alpha = 1).
+
+    Works on a plain HF model and on a PEFT-wrapped one (apply after ``get_peft_model``, which freezes
+    everything that is not LoRA: rho is created afterwards with ``requires_grad=True``).
+
+    Args:
+        model: a Llama / Qwen2 / Mistral causal LM, possibly PEFT- or DDP-wrapped.
+        layers: decoder-layer indices Y (any order, no duplicates; stored sorted). Empty patches nothing.
+        c: alpha bound, ``alpha in (exp(-c), exp(c))``.
+
+    Returns:
+        The :class:`GarfaScalers`, also reachable as ``unwrap_model(model).garfa_scalers``.
+
+    Raises:
+        UserError: unsupported family, GARFA already applied, or a layer out of range / duplicated.
+    """
+    from coloc_ray.models import decoder_layers, rotary_embedding, unwrap_model
+
+    base = unwrap_model(model)
+    mtype = getattr(base.config, "model_type", "?")
+    name = getattr(base.config, "_name_or_path", None) or mtype
+    if mtype not in GARFA_FAMILIES:
+        raise UserError(f"GARFA does not support model_type {mtype!r} (model {name!r}); supported: "
+                        f"{', '.join(sorted(GARFA_FAMILIES))} (register_garfa_family() adds one)")
+    if get_garfa(base) is not None:
+        raise UserError(f"model {name!r} already has GARFA applied; call remove_garfa(model) first")
+    blocks = decoder_layers(base)
+    layers = _check_layers(layers, len(blocks), name)
+    rotary = rotary_embedding(base)
+    attn0 = blocks[0].self_attn
+    scalers = GarfaScalers(layers, base.config.num_key_value_heads, attn0.head_dim, c=c)
+    scalers.to(device=rotary.inv_freq.device)
+    scalers.rho.requires_grad_(True)
+    for row, idx in enumerate(layers):
+        attn = blocks[idx].self_attn
+        eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward")
+        link = _GarfaLink(scalers, row, rotary, GARFA_FAMILIES[mtype](attn), eager,
+                          attn.__dict__.get("forward", _NO_FORWARD))
+        attn._garfa_link = link
+        attn.forward = _garfa_attention_forward.__get__(attn, type(attn))
+    base.add_module(SUBMODULE, scalers)
+    return scalers
+
+
+def get_garfa(model: nn.Module) -> GarfaScalers | None:
+    """The model's :class:`GarfaScalers`, or None when GARFA is not applied."""
+    from coloc_ray.models import unwrap_model
+
+    return getattr(unwrap_model(model), SUBMODULE, None)
+
+
+def remove_garfa(model: nn.Module) -> GarfaScalers | None:
+    """Undo :func:`apply_garfa`: restore every patched ``forward`` exactly and drop the scalers.
+
+    Returns:
+        The removed scalers (None if GARFA was not applied; then nothing changes).
+    """
+    from coloc_ray.models import decoder_layers, unwrap_model
+
+    base = unwrap_model(model)
+    scalers = get_garfa(base)
+    for block in decoder_layers(base):
+        attn = block.self_attn
+        link = attn.__dict__.pop("_garfa_link", None)
+        if link is None:
+            continue
+        if link.original_forward is _NO_FORWARD:
+            del attn.forward
+        else:
+            attn.forward = link.original_forward
+    if scalers is not None:
+        delattr(base, SUBMODULE)
+    return scalers
