@@ -1,0 +1,266 @@
+"""Multi-GPU strategies for one trial on several GPUs: FSDP and DeepSpeed ZeRO-3 (Llama 3.1 70B).
+
+The builders are plain functions returning plain data (what Ray Train workers receive);
+:func:`prepare_for_strategy` is what a Ray Train worker calls after building its (PEFT) model.
+
+- ``"ddp"``: ``ray.train.torch.prepare_model`` (one GPU per worker, full model copy each).
+- ``"fsdp"``: torch FSDP, FULL_SHARD, one unit per decoder layer, bf16 mixed precision,
+  ``use_orig_params=True`` (PEFT: frozen base and trainable LoRA / GARFA share flat params).
+- ``"zero3"``: DeepSpeed ZeRO stage 3 (``deepspeed.initialize``), bf16, optional CPU offload.
+
+4-bit storage with FSDP (QLoRA + FSDP): load with :func:`fsdp_4bit_quant_kwargs`
+(``bnb_4bit_quant_storage=torch.bfloat16``) so the packed NF4 weights are bf16 tensors that
+FSDP can flatten and shard beside the bf16 LoRA weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from coloc_ray.errors import UserError
+
+STRATEGIES = ("ddp", "fsdp", "zero3")
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+
+# Decoder block class per family: the FSDP wrap unit (one all-gather per block).
+DECODER_LAYER_CLASSES: dict[str, str] = {
+    "llama": "transformers.models.llama.modeling_llama.LlamaDecoderLayer",
+    "qwen2": "transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer",
+    "mistral": "transformers.models.mistral.modeling_mistral.MistralDecoderLayer",
+}
+
+
+def check_strategy(strategy: str) -> str:
+    """Return ``strategy`` or raise a UserError listing the valid names."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"strategy {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def decoder_layer_class(model_type: str) -> type:
+    """The HF decoder-layer class of ``model_type`` (``config.model_type``)."""
+    try:
+        dotted = DECODER_LAYER_CLASSES[model_type]
+    except KeyError:
+        raise UserError(f"no FSDP wrap class for model_type {model_type!r}; known: "
+                        f"{', '.join(sorted(DECODER_LAYER_CLASSES))} (add it to DECODER_LAYER_CLASSES)") from None
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def fsdp_kwargs(model_type: str, *, mixed_precision: str | None = "bf16", cpu_offload: bool = False,
+                sharding: str = "FULL_SHARD", use_orig_params: bool = True,
+                device_id: Any = None, sync_module_states: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``torch.distributed.fsdp.FullyShardedDataParallel``.
+
+    Args:
+        model_type: HF ``config.model_type``; selects the decoder-layer class to wrap.
+        mixed_precision: ``"bf16"`` (params, reductions and buffers in bf16) or None (fp32).
+        cpu_offload: offload sharded parameters to CPU between uses.
+        sharding: a ``ShardingStrategy`` name (FULL_SHARD = ZeRO-3 semantics).
+        use_orig_params: keep the original parameters visible (needed with PEFT, where frozen and
+            trainable tensors share one FSDP unit, and for per-group learning rates).
+        device_id: the worker's device (CUDA index / ``torch.device``), or None.
+        sync_module_states: broadcast rank 0's weights at wrap time (so other ranks may start from
+            empty copies); needs CUDA, so the default is True only for a CUDA ``device_id``.
+
+    Returns:
+        A dict to splat into ``FullyShardedDataParallel(model, **kwargs)``.
+    """
+    import torch
+    from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    try:
+        strategy = ShardingStrategy[sharding]
+    except KeyError:
+        raise UserError(f"FSDP sharding {sharding!r} is unknown; use one of "
+                        f"{', '.join(s.name for s in ShardingStrategy)}") from None
+    if mixed_precision not in (None, "bf16"):
+        raise UserError(f"FSDP mixed_precision {mixed_precision!r} is unknown; use 'bf16' or None")
+    mp = None
+    if mixed_precision == "bf16":
+        mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16, buffer_dtype=torch.bfloat16)
+    return {
+        "auto_wrap_policy": ModuleWrapPolicy({decoder_layer_class(model_type)}),
+        "sharding_strategy": strategy,
+        "mixed_precision": mp,
+        "cpu_offload": CPUOffload(offload_params=cpu_offload),
+        "use_orig_params": use_orig_params,
+        "device_id": device_id,
+        "sync_module_states": (device_id is not None and torch.device(device_id).type == "cuda"
+                               if sync_module_states is None else sync_module_states),
+    }
+
+
+def fsdp_4bit_quant_kwargs() -> dict[str, Any]:
+    """``BitsAndBytesConfig`` kwargs for QLoRA under FSDP (NF4, double quant, bf16 storage and compute)."""
+    import torch
+
+    return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": torch.bfloat16, "bnb_4bit_quant_storage": torch.bfloat16}
+
+
+def deepspeed_zero3_config(*, micro_batch_size: int, grad_accum: int, world_size: int, bf16: bool = True,
+                           offload_optimizer: str = "none", offload_param: str = "none",
+                           gradient_clipping: float = 1.0, nvme_path: str | None = None) -> dict[str, Any]:
+    """A DeepSpeed config dict for ZeRO stage 3 matching the FinetuneConfig's batch settings.
+
+    The optimizer and LR schedule stay ours (two AdamW groups, METHOD 6), so the config has no
+    ``optimizer`` / ``scheduler`` sections: pass the optimizer to ``deepspeed.initialize``.
+
+    Args:
+        micro_batch_size: per-GPU batch (FinetuneConfig batch size, METHOD 6: 4).
+        grad_accum: gradient-accumulation steps (METHOD 6: 4).
+        world_size: GPUs in the trial; ``train_batch_size = micro * accum * world``.
+        bf16: bf16 training (fp32 master weights inside DeepSpeed).
+        offload_optimizer: ``none``, ``cpu`` or ``nvme`` for the optimizer state.
+        offload_param: ``none``, ``cpu`` or ``nvme`` for the sharded parameters.
+        gradient_clipping: max global grad norm.
+        nvme_path: local NVMe directory, required with an ``nvme`` offload.
+
+    Returns:
+        The config dict (checked with :func:`check_zero3_config`).
+    """
+    for name, n in (("micro_batch_size", micro_batch_size), ("grad_accum", grad_accum), ("world_size", world_size)):
+        if int(n) < 1:
+            raise UserError(f"ZeRO-3 {name} must be >= 1, got {n}")
+    zero: dict[str, Any] = {
+        "stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+        # DeepSpeed 0.19.8 defaults, written out so the logged config says what ran.
+        "reduce_bucket_size": int(5e8), "stage3_prefetch_bucket_size": int(5e7),
+        "stage3_param_persistence_threshold": int(1e5),
+        # Save a consolidated 16-bit state dict so rank 0 can write the PEFT adapter.
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
+    for key, device in (("offload_optimizer", offload_optimizer), ("offload_param", offload_param)):
+        if device not in OFFLOAD_DEVICES:
+            raise UserError(f"ZeRO-3 {key} {device!r} is unknown; use one of {', '.join(OFFLOAD_DEVICES)}")
+        if device == "nvme" and not nvme_path:
+            raise UserError(f"ZeRO-3 {key}='nvme' needs nvme_path (a local NVMe directory)")
+        if device != "none":
+            zero[key] = {"device": device, "pin_memory": True, **({"nvme_path": nvme_path} if device == "nvme" else {})}
+    cfg = {
+        "train_micro_batch_size_per_gpu": int(micro_batch_size),
+        "gradient_accumulation_steps": int(grad_accum),
+        "train_batch_size": int(micro_batch_size) * int(grad_accum) * int(world_size),
+        "gradient_clipping": float(gradient_clipping),
+        "bf16": {"enabled": bool(bf16)},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # our AdamW with two parameter groups
+        "steps_per_print": 100,
+        "wall_clock_breakdown": False,
+    }
+    check_zero3_config(cfg, world_size=world_size)
+    return cfg
+
+
+# Keys DeepSpeed 0.19.8 accepts (deepspeed/runtime/zero/config.py, offload_config.py; the
+# zero_optimization models are pydantic extra="forbid", so an unknown key fails at initialize()).
+# deepspeed is not installed in the CPU venv: this is our own check against those sources.
+_TOP_KEYS = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+             "gradient_clipping", "bf16", "fp16", "zero_optimization", "zero_allow_untested_optimizer",
+             "steps_per_print", "wall_clock_breakdown", "optimizer", "scheduler"}
+_ZERO_KEYS = {"stage", "contiguous_gradients", "reduce_scatter", "reduce_bucket_size", "allgather_partitions",
+              "allgather_bucket_size", "overlap_comm", "offload_param", "offload_optimizer", "sub_group_size",
+              "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "stage3_max_live_parameters",
+              "stage3_max_reuse_distance", "stage3_gather_16bit_weights_on_model_save",
+              "stage3_model_persistence_threshold", "ignore_unused_parameters", "round_robin_gradients"}
+_OFFLOAD_PARAM_KEYS = {"device", "nvme_path", "buffer_count", "buffer_size", "max_in_cpu", "pin_memory"}
+_OFFLOAD_OPT_KEYS = {"device", "nvme_path", "buffer_count", "pin_memory", "pipeline_read", "pipeline_write",
+                     "fast_init", "ratio"}
+
+
+def check_zero3_config(cfg: dict[str, Any], world_size: int) -> None:
+    """Raise a UserError if ``cfg`` is not a ZeRO-3 config DeepSpeed 0.19.8 would accept as we mean it."""
+    def bad(msg: str) -> UserError:
+        return UserError(f"DeepSpeed config: {msg}")
+
+    unknown = set(cfg) - _TOP_KEYS
+    if unknown:
+        raise bad(f"unknown top-level keys {sorted(unknown)}; known: {sorted(_TOP_KEYS)}")
+    zero = cfg.get("zero_optimization") or {}
+    if zero.get("stage") != 3:
+        raise bad(f"zero_optimization.stage must be 3, got {zero.get('stage')!r}")
+    if set(zero) - _ZERO_KEYS:
+        raise bad(f"unknown zero_optimization keys {sorted(set(zero) - _ZERO_KEYS)}")
+    for key, allowed in (("offload_param", _OFFLOAD_PARAM_KEYS), ("offload_optimizer", _OFFLOAD_OPT_KEYS)):
+        off = zero.get(key)
+        if off is None:
+            continue
+        if set(off) - allowed:
+            raise bad(f"unknown zero_optimization.{key} keys {sorted(set(off) - allowed)}")
+        if off.get("device") not in OFFLOAD_DEVICES:
+            raise bad(f"zero_optimization.{key}.device {off.get('device')!r} not in {OFFLOAD_DEVICES}")
+    micro, accum = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
+    if cfg["train_batch_size"] != micro * accum * world_size:
+        raise bad(f"train_batch_size {cfg['train_batch_size']} != micro {micro} x accum {accum} x world {world_size}")
+    if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
+        raise bad("bf16 and fp16 are both enabled; enable one")
+
+
+def prepare_for_strategy(model, strategy: str, *, make_optimizer: Callable | None = None,
+                         model_type: str | None = None, ds_config: dict[str, Any] | None = None,
+                         **fsdp_overrides: Any) -> tuple[Any, Any]:
+    """Wrap ``model`` for ``strategy`` inside a (Ray Train) worker; returns ``(model, optimizer)``.
+
+    The process group must exist (Ray Train's TorchTrainer sets it up; tests use gloo).
+    The optimizer is built by ``make_optimizer(wrapped_model)`` after wrapping, as FSDP requires.
+
+    Args:
+        model: the PEFT (+ GARFA) model, on CPU or its device.
+        strategy: ``ddp``, ``fsdp`` or ``zero3``.
+        make_optimizer: ``callable(model) -> torch.optim.Optimizer`` (e.g. the two AdamW groups).
+        model_type: HF ``config.model_type`` for the FSDP wrap class (default: read from the model).
+        ds_config: the :func:`deepspeed_zero3_config` dict (``zero3`` only).
+        **fsdp_overrides: extra :func:`fsdp_kwargs` arguments.
+    """
+    import torch
+
+    check_strategy(strategy)
+    if strategy == "zero3":
+        if ds_config is None:
+            raise UserError("strategy 'zero3' needs ds_config (build it with deepspeed_zero3_config)")
+        import deepspeed  # lazy: ~6 s import, CUDA clusters only
+
+        opt = make_optimizer(model) if make_optimizer else None
+        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config,
+                                                 model_parameters=[p for p in model.parameters() if p.requires_grad])
+        return engine, opt
+    if strategy == "ddp":
+        import ray.train.torch
+
+        wrapped = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+        return wrapped, (make_optimizer(wrapped) if make_optimizer else None)
+    mtype = model_type or _model_type(model)
+    if torch.cuda.is_available() and _in_ray_train():
+        import ray.train.torch
+
+        # Ray's own path (2.60: FSDP needs CUDA there); it moves the model to the worker's GPU first.
+        kwargs = fsdp_kwargs(mtype, **{"sync_module_states": True, **fsdp_overrides})
+        kwargs.pop("device_id", None)
+        wrapped = ray.train.torch.prepare_model(model, parallel_strategy="fsdp", parallel_strategy_kwargs=kwargs)
+    else:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        wrapped = FullyShardedDataParallel(model, **fsdp_kwargs(mtype, device_id=device, **fsdp_overrides))
+    return wrapped, (make_optimizer(wrapped) if make_optimizer else None)
+
+
+def _model_type(model) -> str:
+    from coloc_ray.models import unwrap_model
+
+    return unwrap_model(model).config.model_type
+
+
+def _in_ray_train() -> bool:
+    """True inside a Ray Train worker (where ``ray.train.get_context()`` has a world size)."""
+    try:
+        import ray.train
+
+        return ray.train.get_context().get_world_size() >= 1
+    except Exception:  # outside Ray Train there is no context
+        return False
