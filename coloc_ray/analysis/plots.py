@@ -10,7 +10,8 @@ import numpy as np
 SENS_COLOR, ROPE_COLOR = "#c0392b", "#2471a3"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported lazily: matplotlib is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: workers and CI have no display
@@ -40,7 +41,7 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
     Returns:
         The written path.
     """
-    plt = _pyplot()
+    plt = pyplot()
     s, r = _minmax(sens), _minmax(rope)
     layers = np.arange(s.size)
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=120)
@@ -62,7 +63,7 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
     sub = f"overlap of top sets: {both if both else 'none'}"
     ax.set_title(f"{title}\n{sub}" if title else sub, fontsize=10)
     ax.legend(loc="upper center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.14))
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_rank_scatter(sens: Sequence[float], rope: Sequence[float], path: str | Path,
@@ -70,7 +71,7 @@ def plot_rank_scatter(sens: Sequence[float], rope: Sequence[float], path: str | 
     """Rank of S against rank of I, one labelled point per layer (rank 1 = highest score)."""
     from scipy import stats
 
-    plt = _pyplot()
+    plt = pyplot()
     s = np.asarray(sens, dtype=np.float64)
     r = np.asarray(rope, dtype=np.float64)
     rs = stats.rankdata(-s, method="min")
@@ -90,13 +91,15 @@ def plot_rank_scatter(sens: Sequence[float], rope: Sequence[float], path: str | 
     fig.colorbar(sc, ax=ax, shrink=0.8, label="layer")
     sub = f"Spearman r = {spearman_r:+.3f}" if spearman_r is not None else ""
     ax.set_title("\n".join(t for t in (title, sub) if t), fontsize=10)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
-def _save(fig, plt, path) -> Path:
+def save_figure(fig, plt, path, tight: bool = True) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (tight layout unless the caller laid it out) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -1,0 +1,146 @@
+"""Loading a study's results from disk for the report (contract "Study" in docs/ARCHITECTURE.md).
+
+Tolerant by design: every missing or unreadable file becomes one line in ``problems`` and the
+loaders return what they could read, so a partial study still gets a report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from coloc_ray.analysis import ablation_stats as st
+
+BENCH_ORDER = ("mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge")
+ARM_ORDER = ("A", "B", "C", "D")
+
+
+def read_json_checked(path: Path, problems: list[str], what: str):
+    if not path.is_file():
+        problems.append(f"{what}: {path} is missing")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{what}: {path} is not valid JSON ({e})")
+        return None
+
+
+def read_items(path: Path) -> dict[str, float]:
+    """``{item id: correct}`` of one ``<bench>.jsonl`` (``correct`` as 0/1 or a graded score)."""
+    out = {}
+    for i, line in enumerate(path.read_text().splitlines()):
+        if line.strip():
+            row = json.loads(line)
+            out[str(row.get("id", i))] = float(row["correct"])
+    return out
+
+
+def _load_items(dirs: list[Path], benches, who: str, problems: list[str]) -> dict:
+    items_dir = next((d for d in dirs if d.is_dir()), None)
+    if items_dir is None:
+        problems.append(f"{who}: no per-item results (looked in {', '.join(map(str, dirs))}); "
+                        "no paired CIs for it")
+        return {}
+    items = {}
+    for bench in benches:
+        f = items_dir / f"{bench}.jsonl"
+        try:
+            items[bench] = read_items(f)
+        except FileNotFoundError:
+            problems.append(f"{who}: per-item file {f} is missing")
+        except (ValueError, KeyError) as e:
+            problems.append(f"{who}: per-item file {f} is unreadable ({e!r})")
+    return items
+
+
+def _scores(ev, who: str, problems: list[str]) -> dict[str, float]:
+    out = {}
+    for bench, v in (ev or {}).items():
+        if isinstance(v, dict) and isinstance(v.get("score"), (int, float)):
+            out[bench] = float(v["score"])
+        else:
+            problems.append(f"{who}: benchmark {bench} has no numeric score")
+    return out
+
+
+def _load_run(rec: dict, tdir: Path, who: str, problems: list[str]) -> dict:
+    scores = _scores(rec.get("eval"), who, problems)
+    dirs = [Path(rec["items_dir"])] if rec.get("items_dir") else []
+    dirs += [tdir / "eval" / "items", tdir / "items"]  # the study may have moved since it ran
+    return {"trial_id": rec.get("trial_id", tdir.name), "arm": rec.get("arm", "?"),
+            "control_seed": rec.get("control_seed"), "train_seed": rec.get("train_seed"),
+            "scores": scores, "items": _load_items(dirs, scores, who, problems),
+            "gpu_hours": float(rec.get("gpu_hours") or 0.0), "wall_s": float(rec.get("wall_s") or 0.0)}
+
+
+def load_base(study_dir: Path, problems: list[str]) -> dict | None:
+    """The base model's evaluation: ``base/result.json``, else ``base/eval.json`` or ``base/eval/eval.json``."""
+    bdir = study_dir / "base"
+    if (bdir / "result.json").is_file():
+        rec = read_json_checked(bdir / "result.json", problems, "base model")
+        if rec is not None:
+            return _load_run({**rec, "arm": "base", "control_seed": None, "train_seed": None}, bdir,
+                             "base model", problems)
+    for ev_path in (bdir / "eval.json", bdir / "eval" / "eval.json"):
+        if ev_path.is_file():
+            ev = read_json_checked(ev_path, problems, "base model")
+            rec = {"trial_id": "base", "arm": "base", "eval": ev, "items_dir": str(ev_path.parent / "items")}
+            return _load_run(rec, bdir, "base model", problems)
+    problems.append(f"base model: no evaluation in {bdir} (base/eval.json); the base row is empty")
+    return None
+
+
+def load_trials(study_dir: Path, problems: list[str]) -> list[dict]:
+    """Every ``trials/<id>/result.json``; a trial folder without one is reported as unfinished."""
+    runs = []
+    tdirs = sorted(p for p in (study_dir / "trials").glob("*") if p.is_dir())
+    if not tdirs:
+        problems.append(f"no trials in {study_dir / 'trials'}")
+    for tdir in tdirs:
+        rec = read_json_checked(tdir / "result.json", problems, f"trial {tdir.name}")
+        if isinstance(rec, dict):
+            runs.append(_load_run(rec, tdir, f"trial {tdir.name}", problems))
+    return runs
+
+
+def missing_grid(runs: list[dict], problems: list[str]) -> None:
+    """Report (arm, control seed, training seed) cells that other arms have but this arm lacks."""
+    ctrl = sorted({r["control_seed"] for r in runs if r["control_seed"] is not None})
+    train = sorted({r["train_seed"] for r in runs if r["train_seed"] is not None}, key=str)
+    for arm, rs in by_arm(runs).items():
+        have = {(r["control_seed"], r["train_seed"]) for r in rs}
+        want = [(c, t) for c in ctrl for t in train] if st.uses_control_seed(rs) else [(None, t) for t in train]
+        for c, t in want:
+            if (c, t) not in have:
+                seed = f"control seed {c}, " if c is not None else ""
+                problems.append(f"arm {arm}: no result for {seed}training seed {t}")
+
+
+def missing_benches(base, runs, benches, problems: list[str]) -> None:
+    for r in ([base] if base else []) + runs:
+        for b in benches:
+            if b not in r["scores"]:
+                problems.append(f"{'base model' if r['arm'] == 'base' else 'trial ' + r['trial_id']}: "
+                                f"no score for benchmark {b}")
+
+
+def by_arm(runs: list[dict]) -> dict[str, list[dict]]:
+    arms = sorted({r["arm"] for r in runs}, key=lambda a: (ARM_ORDER.index(a) if a in ARM_ORDER else 9, a))
+    return {a: [r for r in runs if r["arm"] == a] for a in arms}
+
+
+def benchmarks(base, runs) -> list[str]:
+    seen = {b for r in ([base] if base else []) + runs for b in r["scores"]}
+    return [b for b in BENCH_ORDER if b in seen] + sorted(seen - set(BENCH_ORDER))
+
+
+def study_config(study_dir: Path) -> dict:
+    path = study_dir / "study.json"
+    try:
+        cfg = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        cfg = {}
+    top_k = cfg.get("top_k", (cfg.get("layer_sets") or {}).get("k") if isinstance(cfg, dict) else None)
+    return {"name": cfg.get("name") or study_dir.name, "model": cfg.get("model"), "top_k": top_k,
+            "cost_per_gpu_hour": float(cfg.get("cost_per_gpu_hour") or 0.0)}

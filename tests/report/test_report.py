@@ -1,0 +1,152 @@
+"""build_report on a synthetic study: every table number against an independent computation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+
+from coloc_ray.ablation.report import build_report
+from tests.report.conftest import BENCHES, CONTROL_SEEDS, GPU_HOURS, RATE, TRAIN_SEEDS, trial_id
+
+
+def _scores(study, tid):
+    d = study / ("base" if tid == "base" else f"trials/{tid}")
+    return json.loads((d / "result.json").read_text())["eval"]
+
+
+def _items(study, tid, bench):
+    d = study / ("base" if tid == "base" else f"trials/{tid}")
+    rows = [json.loads(x) for x in (d / "eval" / "items" / f"{bench}.jsonl").read_text().splitlines()]
+    return {r["id"]: float(r["correct"]) for r in rows}
+
+
+def _row(res, arm):
+    return next(r for r in res["table4"] if r["arm"] == arm)
+
+
+def test_table4_against_independent_aggregation(study):
+    res = build_report(study)
+    assert res["problems"] == []
+    assert res["benchmarks"] == ["mmlu", "humanevalplus", "arc_challenge"]
+    assert res["table4"][0]["arm"] == "base"  # the base model is always the first row
+    d_ids = [trial_id("D", c, t) for c in CONTROL_SEEDS for t in TRAIN_SEEDS]
+    a_ids = [trial_id("A", None, t) for t in TRAIN_SEEDS]
+    base = {b: _scores(study, "base")[b]["score"] for b in BENCHES}
+    for arm, ids in (("A", a_ids), ("D", d_ids)):
+        row = _row(res, arm)
+        for b in BENCHES:
+            vals = [_scores(study, t)[b]["score"] for t in ids]
+            assert row["scores"][b]["mean"] == pytest.approx(statistics.mean(vals))
+            assert row["scores"][b]["std"] == pytest.approx(statistics.stdev(vals))
+            assert row["scores"][b]["n"] == len(ids)
+            assert row["delta_vs_base"][b] == pytest.approx(statistics.mean(vals) - base[b])
+        per_run = [statistics.mean(_scores(study, t)[b]["score"] for b in BENCHES) for t in ids]
+        assert row["avg"]["mean"] == pytest.approx(statistics.mean(per_run))
+        assert row["avg"]["std"] == pytest.approx(statistics.stdev(per_run))
+    a, d = _row(res, "A"), _row(res, "D")
+    assert a["delta_vs_D"]["avg"] == pytest.approx(a["avg"]["mean"] - d["avg"]["mean"])
+    assert _row(res, "base")["avg"]["mean"] == pytest.approx(statistics.mean(base.values()))
+    assert a["aggregated_over"] == "training seeds" and d["aggregated_over"].startswith("control seeds")
+
+
+def test_table5_paired_bootstrap_against_hand_resampling(study):
+    res = build_report(study)
+    rng = np.random.default_rng(123)
+    for b in BENCHES:
+        diffs = []
+        for t in TRAIN_SEEDS:  # A (no control seed) pairs with every D run of its training seed
+            ia = _items(study, trial_id("A", None, t), b)
+            for c in CONTROL_SEEDS:
+                idd = _items(study, trial_id("D", c, t), b)
+                diffs += [ia[k] - idd[k] for k in sorted(ia)]
+        diffs = np.array(diffs)
+        t5 = res["table5_a_minus_d"][b]
+        assert t5["diff"] == pytest.approx(diffs.mean())
+        assert t5["n_items"] == diffs.size and t5["n_pairs"] == len(TRAIN_SEEDS) * len(CONTROL_SEEDS)
+        boot = diffs[rng.integers(0, diffs.size, (4000, diffs.size))].mean(axis=1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        assert t5["ci_low"] == pytest.approx(lo, abs=0.02) and t5["ci_high"] == pytest.approx(hi, abs=0.02)
+
+
+def test_null_p_cost_and_markdown(study):
+    res = build_report(study)
+    for b in BENCHES:
+        null = [_scores(study, trial_id("D", c, t))[b]["score"] for c in CONTROL_SEEDS for t in TRAIN_SEEDS]
+        a_mean = statistics.mean(_scores(study, trial_id("A", None, t))[b]["score"] for t in TRAIN_SEEDS)
+        e = res["null"][b]
+        assert sorted(e["null"]) == pytest.approx(sorted(null))
+        assert e["p"] == pytest.approx((1 + sum(x >= a_mean for x in null)) / (len(null) + 1))
+        assert e["meaningful"] is False  # 6 D runs cannot give p < 0.05
+    n_trials = len(TRAIN_SEEDS) * (1 + 3 * len(CONTROL_SEEDS))
+    assert res["cost"]["total"]["gpu_hours"] == pytest.approx(n_trials * GPU_HOURS)
+    assert res["cost"]["total"]["cost"] == pytest.approx(n_trials * GPU_HOURS * RATE)
+    out = study / "report"
+    md = (out / "report.md").read_text()
+    para = md.split("**Headline.**", 1)[1].split("\n", 1)[0]
+    a, d = _row(res, "A"), _row(res, "D")
+    assert f"{100 * a['avg']['mean']:.2f} vs {100 * d['avg']['mean']:.2f}" in para
+    assert "too few control seeds" in para
+    assert "| base model (no fine-tuning) |" in md and "vs base / vs D" in md
+    assert json.loads((out / "results.json").read_text())["headline"] == res["headline"]
+    for png in ("null.png", "arms.png", "profiles.png", "rank_scatter.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert res["colocalization"]["num_layers"] == 8  # recomputed from the probes (no analysis.json)
+
+
+def test_missing_trial_and_benchmark_are_reported(study):
+    (study / "trials" / trial_id("D", 124, 1) / "result.json").unlink()
+    rec_path = study / "trials" / trial_id("B", 123, 0) / "result.json"
+    rec = json.loads(rec_path.read_text())
+    del rec["eval"]["arc_challenge"]
+    rec_path.write_text(json.dumps(rec))
+    shutil.rmtree(study / "trials" / trial_id("C", 125, 1) / "eval" / "items")
+    res = build_report(study)
+    probs = "\n".join(res["problems"])
+    assert f"trial {trial_id('D', 124, 1)}" in probs
+    assert "arm D: no result for control seed 124, training seed 1" in probs
+    assert f"trial {trial_id('B', 123, 0)}: no score for benchmark arc_challenge" in probs
+    assert f"trial {trial_id('C', 125, 1)}: no per-item results" in probs
+    assert _row(res, "D")["scores"]["mmlu"]["n"] == 5
+    assert _row(res, "B")["scores"]["arc_challenge"]["n"] == 5
+    assert _row(res, "B")["avg"]["n"] == 5  # the run without ARC is left out of Avg
+    assert res["table5_a_minus_d"]["mmlu"]["n_pairs"] == 5
+    md = (study / "report" / "report.md").read_text()
+    assert "no score for benchmark arc_challenge" in md.split("## Problems", 1)[1]
+
+
+def test_partial_study_without_base_or_d(tmp_path, study):
+    shutil.rmtree(study / "base")
+    for c in CONTROL_SEEDS:
+        for t in TRAIN_SEEDS:
+            shutil.rmtree(study / "trials" / trial_id("D", c, t))
+    res = build_report(study)
+    assert _row(res, "base")["n_units"] == 0 and _row(res, "base")["avg"]["mean"] is None
+    assert any("base model" in p for p in res["problems"])
+    assert "No A − D comparison" in res["headline"] and "base model's evaluation is missing" in res["headline"]
+    empty = build_report(tmp_path / "empty")
+    assert any("no trials" in p for p in empty["problems"])
+    assert (tmp_path / "empty" / "report" / "report.md").is_file()
+
+
+def test_contract_base_layout_and_saved_analysis(study):
+    # The contract's layout: base/eval.json + base/items/<bench>.jsonl, no base/result.json.
+    base = study / "base"
+    (base / "result.json").unlink()
+    shutil.move(base / "eval" / "eval.json", base / "eval.json")
+    shutil.move(base / "eval" / "items", base / "items")
+    ana = {"spearman_r": -0.5, "spearman_p": 0.2, "permutation_p": 0.21, "top_k": 3, "sensitive_layers": [5, 6, 7],
+           "rope_layers": [0, 1, 7], "overlap": 1, "expected_overlap": 1.125, "overlap_p": 0.7, "partial_r": 0.1,
+           "partial_p": 0.8, "circular_shift_p": 0.5, "num_layers": 8}
+    (study / "analysis").mkdir()
+    (study / "analysis" / "analysis.json").write_text(json.dumps(ana))
+    res = build_report(study)
+    assert res["problems"] == []
+    base_scores = json.loads((base / "eval.json").read_text())
+    assert _row(res, "base")["scores"]["mmlu"]["mean"] == pytest.approx(base_scores["mmlu"]["score"])
+    assert res["a_minus_base"]["mmlu"]["n_items"] == BENCHES["mmlu"] * len(TRAIN_SEEDS)
+    assert res["colocalization"]["spearman_r"] == -0.5  # the saved analysis is used, not recomputed
+    assert "overlap 1 vs 1.12 expected" in res["headline"]
