@@ -1,0 +1,181 @@
+"""The plain training loop (no Ray): AdamW in two groups, cosine schedule with warm-up, accumulation.
+
+Ray Train (``ray_worker.py``) runs this same loop on each worker and plugs checkpoint reporting in
+through :class:`Hooks`; the benchmark runs it bare. Determinism: the data order is a pure function of
+(seed, micro-batch counter), dropout draws from torch's RNG seeded per rank, and both the counter and the
+RNG state are part of every checkpoint, so a resumed run replays exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from typing import Any, Optional
+
+import torch
+
+from coloc_ray.finetune.data import ShardedOrder, collate
+from coloc_ray.finetune.lora import param_groups
+from coloc_ray.finetune.state import LoopState, load_state, save_state
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(model, cfg) -> torch.optim.AdamW:
+    """AdamW with a LoRA group (lr, weight_decay) and a GARFA group (ratio x lr, garfa_weight_decay)."""
+    lora, garfa = param_groups(model)
+    groups = []
+    if lora:
+        groups.append({"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "lora"})
+    if garfa:
+        groups.append({"params": garfa, "lr": cfg.lr * cfg.garfa_lr_ratio,
+                       "weight_decay": cfg.garfa_weight_decay, "name": "garfa"})
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+
+def build_scheduler(optimizer, cfg):
+    """Cosine decay to 0 after a linear warm-up of ``ceil(warmup_ratio x max_steps)`` steps."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    warmup = math.ceil(cfg.warmup_ratio * cfg.max_steps)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, cfg.max_steps)
+
+
+class Hooks:
+    """Callbacks of the loop; the default does nothing. Ray's worker and MLflow logging override them."""
+
+    def on_step(self, loop: "Loop", metrics: dict) -> None: ...
+
+    def on_eval(self, loop: "Loop", loss: float) -> None: ...
+
+    def on_checkpoint(self, loop: "Loop") -> None: ...
+
+
+def _unwrap_ddp(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class Loop:
+    """One rank's training loop over pre-encoded examples (see :mod:`coloc_ray.finetune.data`)."""
+
+    def __init__(self, model, scalers, train_items: list, held_items: list, cfg, pad_id: int,
+                 device: Any = "cpu", rank: int = 0, world: int = 1, hooks: Optional[Hooks] = None):
+        self.model, self.scalers, self.cfg = model, scalers, cfg
+        self.train_items, self.held_items, self.pad_id = train_items, held_items, pad_id
+        self.device, self.rank, self.world = torch.device(device), rank, world
+        self.hooks = hooks or Hooks()
+        self.optimizer = build_optimizer(_unwrap_ddp(model), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.order = ShardedOrder(len(train_items), cfg.batch_size, cfg.seed, rank, world)
+        self.state = LoopState()
+        torch.manual_seed(cfg.seed * 7919 + rank)  # dropout stream, distinct per rank
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, ckpt_dir) -> None:
+        save_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler, self.state)
+
+    def resume(self, ckpt_dir) -> None:
+        """Continue from a checkpoint written by :meth:`save` (same config, same world size)."""
+        self.state = load_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler)
+        self.state.resumed_from.append(self.state.step)
+        log.info("rank %d resumed at step %d (data position %d)", self.rank, self.state.step, self.state.micro)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted mean cross-entropy on the held-out items (dropout off)."""
+        model = _unwrap_ddp(self.model)
+        items = self.held_items[:self.cfg.eval_max_records] if self.cfg.eval_max_records else self.held_items
+        model.eval()
+        total, count = 0.0, 0
+        for i in range(0, len(items), self.cfg.batch_size):
+            batch = {k: v.to(self.device) for k, v in collate(items[i:i + self.cfg.batch_size], self.pad_id).items()}
+            with self._autocast():
+                out = model(**batch)
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total, count = total + float(out.loss) * n, count + n
+        model.train()
+        loss = total / max(count, 1)
+        self.state.eval_losses.append({"step": self.state.step, "loss": loss})
+        self.hooks.on_eval(self, loss)
+        return loss
+
+    def _autocast(self):
+        if self.device.type == "cuda":  # METHOD 6: bf16 on GPU; fp32 on CPU
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- training ------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the step's metrics."""
+        cfg, model = self.cfg, self.model
+        t0 = time.perf_counter()
+        loss_sum, tokens = 0.0, 0
+        for k in range(cfg.grad_accum):
+            idx = self.order.batch(self.state.micro)
+            self.state.micro += 1
+            batch = {n: v.to(self.device) for n, v in collate([self.train_items[i] for i in idx], self.pad_id).items()}
+            last = k == cfg.grad_accum - 1
+            # DDP: all-reduce gradients once per optimizer step, not per micro-batch.
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+            with sync, self._autocast():
+                out = model(**batch)
+                (out.loss / cfg.grad_accum).backward()
+            loss_sum += float(out.loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        lrs = {f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, tokens = self._all_ranks(loss_sum / cfg.grad_accum, tokens)
+        self.state.step += 1
+        self.state.tokens += tokens
+        self.state.train_time += time.perf_counter() - t0
+        self.state.train_losses.append(loss)
+        return {"loss": loss, "grad_norm": grad_norm, **lrs,
+                "tokens_per_s": self.state.tokens / max(self.state.train_time, 1e-9), **self.alpha_metrics()}
+
+    def _all_ranks(self, loss: float, tokens: int) -> tuple[float, int]:
+        """Mean loss and total tokens over all ranks (identity on one rank)."""
+        import torch.distributed as dist
+
+        if self.world == 1 or not dist.is_initialized():
+            return loss, tokens
+        t = torch.tensor([loss, float(tokens)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t[0]) / self.world, int(t[1])
+
+    def alpha_metrics(self) -> dict[str, float]:
+        """``alpha/L{l}_H{g}`` for every GARFA scaler (empty without GARFA)."""
+        if self.scalers is None:
+            return {}
+        a = self.scalers.alpha().detach().cpu()
+        return {f"alpha/L{l}_H{g}": float(a[r, g]) for r, l in enumerate(self.scalers.layers)
+                for g in range(a.shape[1])}
+
+    def run(self) -> LoopState:
+        """Train from the current state to ``max_steps``, with evals, checkpoints and progress lines."""
+        cfg = self.cfg
+        if self.state.step == 0 and not self.state.eval_losses:
+            self.evaluate()  # the step-0 baseline the held-out curve starts from
+        t_start, s_start = time.perf_counter(), self.state.step
+        while self.state.step < cfg.max_steps:
+            metrics = self.train_step()
+            step = self.state.step
+            self.hooks.on_step(self, metrics)
+            if self.rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                rate = (time.perf_counter() - t_start) / (step - s_start)
+                log.info("step %d/%d loss %.4f lr %.2e tok/s %.0f ETA %.0fs", step, cfg.max_steps, metrics["loss"],
+                         self.optimizer.param_groups[0]["lr"], metrics["tokens_per_s"],
+                         rate * (cfg.max_steps - step))
+            if step % cfg.eval_every == 0 and step != cfg.max_steps:
+                self.evaluate()
+            if step % cfg.checkpoint_every == 0 and step != cfg.max_steps:
+                self.hooks.on_checkpoint(self)
+        if not self.state.eval_losses or self.state.eval_losses[-1]["step"] != cfg.max_steps:
+            self.evaluate()
+        return self.state

@@ -1,0 +1,79 @@
+"""Training state inside a checkpoint: everything needed to resume a run exactly.
+
+A checkpoint directory holds ``trainable.safetensors`` (LoRA weights + rho, by parameter name) and
+``state.pt`` (optimizer, scheduler, RNG states, step, data position, loss history). ``state.pt`` is a
+torch pickle of our own state dicts, written and read only by this module, and only inside checkpoints;
+final artifacts (the adapter dir) never contain a pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+TRAINABLE = "trainable.safetensors"
+STATE = "state.pt"
+
+
+@dataclass
+class LoopState:
+    """Where a run stands. ``micro`` is the data position: micro-batches consumed by each rank."""
+
+    step: int = 0
+    micro: int = 0
+    tokens: int = 0
+    train_time: float = 0.0                           # seconds inside training steps (not eval, not I/O)
+    train_losses: list = field(default_factory=list)
+    eval_losses: list = field(default_factory=list)   # [{"step": s, "loss": x}]
+    resumed_from: list = field(default_factory=list)  # steps this run restarted from
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable tensors (LoRA + rho) of ``model``, keyed by name without DDP's ``module.`` prefix."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            out[name.removeprefix("module.")] = p.detach().to("cpu", torch.float32).contiguous()
+    return out
+
+
+def save_state(ckpt_dir: str | Path, model, optimizer, scheduler, state: LoopState) -> None:
+    """Write the full resumable state of this rank into ``ckpt_dir``."""
+    from safetensors.torch import save_file
+
+    d = Path(ckpt_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model), str(d / TRAINABLE))
+    blob = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loop": asdict(state),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    torch.save(blob, d / STATE)
+
+
+def load_state(ckpt_dir: str | Path, model, optimizer, scheduler) -> LoopState:
+    """Restore what :func:`save_state` wrote; returns the loop state to continue from."""
+    from safetensors.torch import load_file
+
+    d = Path(ckpt_dir)
+    saved = load_file(str(d / TRAINABLE))
+    params = {n.removeprefix("module."): p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) ^ set(saved))
+    if missing:
+        raise RuntimeError(f"checkpoint {d} does not match the model's trainable parameters: {missing[:5]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name].to(p.device, p.dtype))
+    # weights_only=False: the blob is our own (optimizer state holds plain python containers and tensors).
+    blob = torch.load(d / STATE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng_cpu"])
+    if blob["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["rng_cuda"])
+    return LoopState(**blob["loop"])
