@@ -51,24 +51,25 @@ class LayerSetSettings(_Strict):
 
 
 class TrainingSettings(_Strict):
-    """The fine-tune of every trial (METHOD 4, 6); mapped onto coloc_ray.finetune.config.FinetuneConfig."""
+    """The fine-tune of every trial (METHOD 4, 6). Keys mirror coloc_ray.finetune.config.FinetuneConfig;
+    the study fills in model, layer sets, seed, workers and tracking per trial."""
 
-    steps: int = Field(3000, ge=1, description="Optimizer steps per trial")
-    lr: float = Field(2e-4, gt=0, description="LoRA learning rate eta (GARFA uses garfa_lr_mult x eta)")
-    garfa_lr_mult: float = Field(5.0, gt=0, description="GARFA learning rate as a multiple of lr")
+    max_steps: int = Field(3000, ge=1, description="Optimizer steps per trial")
+    lr: float = Field(2e-4, gt=0, description="LoRA learning rate eta")
+    garfa_lr_ratio: float = Field(5.0, gt=0, description="GARFA learning rate as a multiple of lr")
     batch_size: int = Field(4, ge=1, description="Per-device batch size")
     grad_accum: int = Field(4, ge=1, description="Gradient accumulation steps (effective batch = batch x accum)")
     max_len: int = Field(1024, ge=8, description="Training sequence length in tokens")
-    warmup_frac: float = Field(0.03, ge=0, lt=1, description="Linear warm-up fraction of the cosine schedule")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Linear warm-up fraction of the cosine schedule")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     lora_r: int = Field(16, ge=1, description="LoRA rank r")
     lora_alpha: float = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     quant: Literal["none", "4bit", "auto"] = Field("auto", description="QLoRA base: 4bit NF4 (CUDA), none, "
                                                                       "auto = 4bit iff CUDA")
-    data: list[str] | None = Field(None, description="Training data sources (null = the fine-tune's default mix)")
-    max_examples: int | None = Field(None, ge=1, description="Cap on training records (null = all)")
-    eval_every: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = at the end)")
+    data: dict[str, Any] = Field({}, description="FinetuneConfig.data: source (offline|hub), datasets, "
+                                                 "max_records")
+    eval_every: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = fine-tune default)")
     extra: dict[str, Any] = Field({}, description="Further FinetuneConfig fields, passed through unchanged")
 
 

@@ -1,0 +1,226 @@
+"""The study spine: probes -> analysis -> layer sets -> (base eval + arms) on Ray Tune -> report.
+
+Each stage writes its typed output into the study dir (``probes/``, ``analysis/``, ``layersets.json``,
+``base/``, ``trials/<id>/``, ``report/``) and a ``.done`` marker holding the hash of the config it ran with;
+a stage whose marker matches is skipped, so ``coloc resume`` is simply this function run again.
+The base model is evaluated as one more Tune trial, concurrently with the arms (it needs no layer sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from coloc_ray.ablation.layersets import build_layer_sets, plan_trials
+from coloc_ray.ablation.progress import ProgressBoard
+from coloc_ray.ablation.study_config import StudyConfig, model_num_layers, validate_study
+from coloc_ray.ablation.trial import RESULT, Stages, real_stages, trial_dir
+from coloc_ray.errors import UserError
+from coloc_ray.io import config_hash, read_json, staged_output, write_json
+
+log = logging.getLogger(__name__)
+
+DONE = ".done"
+
+
+class StudyIncomplete(RuntimeError):
+    """Some trials failed after their retries; ``coloc resume STUDY_DIR`` runs just those again."""
+
+
+def _stage(out: Path, h: str, what: str, fn: Callable[[Path], None]) -> bool:
+    """Run ``fn(staging_dir)`` into ``out`` unless ``out/.done`` holds hash ``h``; True if it ran."""
+    marker = out / DONE
+    if marker.is_file() and marker.read_text().strip() == h:
+        log.info("%s: output for config %s exists in %s, skipping", what, h, out)
+        return False
+    log.info("%s: running (config %s)", what, h)
+    with staged_output(out) as tmp:
+        fn(tmp)
+        (tmp / DONE).write_text(h)  # moved in last-but-not-least with the outputs: all or nothing
+    return True
+
+
+def _parent_tracker(cfg: StudyConfig, study_dir: Path):
+    """The study's MLflow parent run; a resumed study continues the same run."""
+    from coloc_ray.tracking import Tracker, ensure_experiment
+
+    ensure_experiment(cfg.tracking_uri, cfg.experiment_name)  # in the driver: trials creating it would race
+    rid = study_dir / "mlflow_run_id"
+    tr = Tracker(cfg.tracking_uri, cfg.experiment_name, run_name=cfg.name, tags={"coloc.study": cfg.name},
+                 run_id=rid.read_text().strip() if rid.is_file() else None).start()
+    if not rid.is_file():
+        rid.write_text(tr.run_id)
+        tr.log_params(cfg.resolved())
+        from coloc_ray.io import versions
+
+        tr.log_dict(versions(), "versions.json")
+    return tr
+
+
+def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages: Stages, tracker) -> tuple:
+    """Run (or skip) the probes and the analysis; returns (sensitivity, rope, probe hash)."""
+    if cfg.probes.skip:
+        return None, None, "skipped"
+    ph = config_hash({"model": cfg.model, "probes": study["probes"], "k": cfg.layer_sets.k})
+
+    def probes(tmp: Path) -> None:
+        sens, rope = stages.sensitivity(study), stages.rope_influence(study)
+        write_json(tmp / "sensitivity.json", sens)
+        write_json(tmp / "rope_influence.json", rope)
+        tracker.log_series("sensitivity", sens["scores"])
+        tracker.log_series("rope_influence", rope["scores"])
+
+    _stage(study_dir / "probes", ph, "probes", probes)
+    sens, rope = read_json(study_dir / "probes/sensitivity.json"), read_json(study_dir / "probes/rope_influence.json")
+    ah = config_hash({"probes": ph, "k": cfg.layer_sets.k, "n_perm": cfg.probes.n_perm})
+    _stage(study_dir / "analysis", ah, "analysis", lambda tmp: stages.analysis(sens, rope, study, tmp, tracker))
+    return sens, rope, ph
+
+
+def _layer_sets(cfg: StudyConfig, study_dir: Path, stages: Stages, sens, rope, ph: str) -> dict:
+    k = cfg.layer_sets.k
+    L = sens["num_layers"] if sens else model_num_layers(cfg.model)
+    h = config_hash({"probes": ph, "k": k, "S": cfg.layer_sets.sensitive_layers, "seeds": cfg.control_seed_list,
+                     "L": L})
+    path = study_dir / "layersets.json"
+    if path.is_file() and read_json(path).get("config_hash") == h:
+        log.info("layer sets: %s is current, skipping", path)
+        return read_json(path)
+    S = cfg.layer_sets.sensitive_layers or stages.top_k_layers(sens["scores"], k)
+    rope_k = stages.top_k_layers(rope["scores"], k) if rope else None
+    sets = {**build_layer_sets(L, k, S, cfg.control_seed_list, rope_k),
+            "S_source": "given" if cfg.layer_sets.sensitive_layers else "top-k sensitivity", "config_hash": h}
+    write_json(path, sets)
+    return sets
+
+
+def _trial_specs(cfg: StudyConfig, study: dict, sets: dict) -> list[dict]:
+    """Base + every arm trial, each with the hash of what it depends on."""
+    base = {"trial_id": "base", "arm": "base", "control_seed": None, "train_seed": 0, "lora_layers": [],
+            "garfa_layers": []}
+    specs = [base] + [s.to_dict() for s in plan_trials(cfg.arms, sets, cfg.control_seed_list, cfg.train_seed_list)]
+    common = {"model": cfg.model, "evaluation": study["evaluation"]}
+    for s in specs:
+        deps = {**common, **({"training": study["training"]} if s["arm"] != "base" else {})}
+        s["config_hash"] = config_hash({**deps, **{k: v for k, v in s.items() if k != "config_hash"}})
+    return specs
+
+
+def _check_done_trials(study_dir: Path, specs: list[dict]) -> list[dict]:
+    """Specs still to run. A finished trial from another config is an error, never silently reused."""
+    pending = []
+    for s in specs:
+        d = trial_dir(study_dir, s)
+        if not (d / RESULT).is_file():
+            pending.append(s)
+            continue
+        got = (d / DONE).read_text().strip() if (d / DONE).is_file() else "?"
+        if got != s["config_hash"]:
+            raise UserError(f"{d} holds a result from another study config (hash {got} != {s['config_hash']}); "
+                            "use a new output_dir or delete that folder")
+        log.info("trial %s: result.json exists, not re-running", s["trial_id"])
+    return pending
+
+
+def _trial_ctx(cfg: StudyConfig, study: dict, study_dir: Path, parent_run_id: str | None) -> dict:
+    r = cfg.resources
+    cpus = r.cpus_per_trial + r.workers_per_trial * r.cpus_per_worker
+    return {"study": study, "study_dir": str(study_dir.resolve()), "tracking_uri": cfg.tracking_uri,
+            "experiment": cfg.experiment_name, "parent_run_id": parent_run_id,
+            "gpus": r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker, "threads": max(1, round(cpus))}
+
+
+def _check_resources(cfg: StudyConfig, sens) -> None:
+    import ray
+
+    L = sens["num_layers"] if sens else None
+    errs = validate_study(cfg, cluster_resources=ray.cluster_resources(), num_layers=L)
+    if errs:
+        raise UserError("\n".join(errs))
+
+
+def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address: str | None = None,
+              stages: Stages | None = None, echo: bool = True) -> dict:
+    """Run (or resume) a whole study; returns ``{"study_dir", "trials": {id: status}, "report"}``.
+
+    Args:
+        cfg: the validated study.
+        study_dir: output folder (default ``cfg.output_dir`` or ``runs/<name>``).
+        address: Ray cluster to join (default: start a local Ray on 127.0.0.1).
+        stages: stage functions (default :func:`real_stages`; tests inject fakes).
+        echo: print the progress table as it changes.
+
+    Raises:
+        StudyIncomplete: trials still failed after their retries (``coloc resume`` retries them).
+    """
+    import ray
+
+    from coloc_ray.ablation.tune_trials import run_trials
+    from coloc_ray.raycluster import ensure_ray
+
+    stages = stages or real_stages()
+    study_dir = Path(study_dir or cfg.study_dir())
+    errs = validate_study(cfg)
+    if errs:
+        raise UserError("\n".join(errs))
+    study = cfg.resolved()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_json(study_dir / "study.json", study)
+    started_ray = not ray.is_initialized()
+    ensure_ray(address)
+    tracker = _parent_tracker(cfg, study_dir)
+    try:
+        _check_resources(cfg, None)
+        sens, rope, ph = _probes_and_analysis(cfg, study, study_dir, stages, tracker)
+        sets = _layer_sets(cfg, study_dir, stages, sens, rope, ph)
+        tracker.log_dict(sets, "layersets.json")
+        specs = _trial_specs(cfg, study, sets)
+        _note_shared_arms(cfg, len(specs) - 1)
+        pending = _check_done_trials(study_dir, specs)
+        board = ProgressBoard(study_dir, specs, cfg.training.max_steps, cfg.max_concurrent_trials, echo=echo)
+        for s in specs:
+            if s not in pending:
+                board.update(s["trial_id"], state="SKIPPED", phase="done")
+        status = run_trials(pending, _trial_ctx(cfg, study, study_dir, tracker.run_id), stages, board=board,
+                            storage_path=cfg.storage_path or study_dir / "tune", name=f"{cfg.name}-{int(time.time())}",
+                            max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures)
+        by_id = {s["trial_id"]: s for s in specs}
+        failed = {t: st for t, st in status.items() if not (trial_dir(study_dir, by_id[t]) / RESULT).is_file()}
+        if failed:
+            raise StudyIncomplete(f"{len(failed)} trial(s) failed: " + "; ".join(f"{t}: {st}" for t, st in failed.items())
+                                  + f". `coloc resume {study_dir}` runs just those again")
+        report = _report(study_dir, specs, stages, tracker)
+        tracker.end("FINISHED")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return {"study_dir": str(study_dir), "trials": {s["trial_id"]: "DONE" for s in specs}, "report": report}
+
+
+def _note_shared_arms(cfg: StudyConfig, n_trials: int) -> None:
+    from coloc_ray.ablation.arms import ARMS
+
+    once = [a for a in cfg.arms if not ARMS[a].uses_r and ARMS[a].trains]
+    log.info("%d arm trials + base eval; arms %s do not use R: run once per training seed, not per control seed",
+             n_trials, once)
+
+
+def _report(study_dir: Path, specs: list[dict], stages: Stages, tracker) -> dict:
+    h = config_hash(sorted(s["config_hash"] for s in specs))
+    out = study_dir / "report"
+    marker = out / DONE
+    if marker.is_file() and marker.read_text().strip() == h and (out / "results.json").is_file():
+        log.info("report: current for these trials, skipping")
+        return read_json(out / "results.json")
+    result = stages.report(study_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "results.json").is_file() is False:
+        write_json(out / "results.json", result)
+    marker.write_text(h)
+    tracker.log_artifacts(out, "report")
+    return result

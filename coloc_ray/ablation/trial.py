@@ -1,0 +1,246 @@
+"""What one trial does: fine-tune (LoRA on X, GARFA on Y) -> evaluate -> record ``trials/<id>/result.json``.
+
+The base model is a trial too (arm ``base``: no fine-tune, output in ``base/``), so it is evaluated on Ray
+beside the arms instead of before them. A trial whose ``result.json`` exists is never run again; a trial that
+was cut off mid-way reuses its MLflow run (``mlflow_run_id`` file) so the study never leaves a run RUNNING.
+Plain Python, no Ray: :mod:`coloc_ray.ablation.tune_trials` wraps :func:`run_trial` as a Tune trial.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from coloc_ray.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Stages:
+    """The stage functions the spine and the trials call (dependency injection: tests pass fast fakes).
+
+    Every function takes the resolved study dict (``StudyConfig.resolved()``) where it needs settings.
+    Module-level functions only: Tune pickles this object to its trial workers.
+    """
+
+    sensitivity: Callable[[dict], dict]                      # study -> sensitivity.json
+    rope_influence: Callable[[dict], dict]                   # study -> rope_influence.json
+    analysis: Callable[[dict, dict, dict, Path, Any], dict]  # (sens, rope, study, out_dir, tracker) -> analysis.json
+    top_k_layers: Callable[[list, int], list]                # (scores, k) -> sorted layers
+    finetune_config: Callable[[dict, dict, Any], Any]        # (study, trial spec, parent run id) -> config
+    finetune: Callable[[Any, Path], dict]                    # (config, out_dir) -> metrics.json
+    eval_config: Callable[[dict, Any, dict], Any]            # (study, adapter dir or None, spec) -> config
+    evaluate: Callable[[Any, Path, Any], dict]               # (config, out_dir, tracker) -> eval.json
+    report: Callable[[Path], dict]                           # study_dir -> results
+
+
+def _accepted(fn: Callable, kwargs: dict) -> dict:
+    """Only the keyword arguments ``fn`` accepts (optional knobs a stage may not offer)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def real_sensitivity(study: dict) -> dict:
+    from coloc_ray.probes.api import run_sensitivity
+
+    p = study["probes"]
+    kw = {"pairs": p["pairs"], "pooling": p["pooling"], "sink_multiple": p["sink_multiple"],
+          "top_k": study["layer_sets"]["k"], "num_workers": p["num_workers"]}
+    return run_sensitivity(study["model"], **_accepted(run_sensitivity, kw))
+
+
+def real_rope_influence(study: dict) -> dict:
+    from coloc_ray.probes.api import run_rope_influence
+
+    p = study["probes"]
+    kw = {"eval_data": p["eval_data"], "factors": tuple(p["factors"]), "layers": p["rope_layers"],
+          "max_len": p["max_len"], "num_texts": p["num_texts"], "num_workers": p["num_workers"]}
+    return run_rope_influence(study["model"], **_accepted(run_rope_influence, kw))
+
+
+def real_analysis(sens: dict, rope: dict, study: dict, out_dir: Path, tracker) -> dict:
+    from coloc_ray.analysis.run import run_analysis
+
+    return run_analysis(sens, rope, study["layer_sets"]["k"], out_dir, tracker=tracker,
+                        n_perm=study["probes"]["n_perm"])
+
+
+def real_top_k_layers(scores: list, k: int) -> list:
+    from coloc_ray.analysis.colocalization import top_k_layers
+
+    return top_k_layers(scores, k)
+
+
+def finetune_config_dict(study: dict, spec: dict, parent_run_id: str | None) -> dict:
+    """The study's training block + this trial's layer sets, seed, workers and tracking, as FinetuneConfig keys."""
+    t, r = dict(study["training"]), study["resources"]
+    extra, data = t.pop("extra"), t.pop("data")
+    if t.get("eval_every") is None:
+        t.pop("eval_every")
+    d = {**t, "model": study["model"], "lora_layers": spec["lora_layers"], "garfa_layers": spec["garfa_layers"],
+         "seed": spec["train_seed"], "num_workers": r["workers_per_trial"], "cpus_per_worker": r["cpus_per_worker"],
+         "use_gpu": r["gpus_per_worker"] > 0, "tracking_uri": study.get("tracking_uri"),
+         "experiment": study.get("experiment") or f"coloc-{study['name']}", "run_name": f"{spec['trial_id']}/finetune",
+         "parent_run_id": parent_run_id, "tracking": parent_run_id is not None, **extra}
+    if r["gpus_per_worker"] > 0:
+        d["gpus_per_worker"] = r["gpus_per_worker"]
+    if data:
+        d["data"] = data
+    return d
+
+
+def real_finetune_config(study: dict, spec: dict, parent_run_id: str | None):
+    from coloc_ray.finetune.config import parse_config
+
+    return parse_config(finetune_config_dict(study, spec, parent_run_id), where=f"study training ({spec['trial_id']})")
+
+
+def real_finetune(cfg, out_dir: Path) -> dict:
+    from coloc_ray.finetune.api import run_finetune
+
+    return run_finetune(cfg, out_dir)
+
+
+def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict) -> dict:
+    e = dict(study["evaluation"])
+    extra = e.pop("extra")
+    return {**e, "model": study["model"], "adapter": adapter_dir, "seed": spec["train_seed"], **extra}
+
+
+def real_eval_config(study: dict, adapter_dir: str | None, spec: dict):
+    from coloc_ray.evaluation.config import EvalConfig
+
+    d = eval_config_dict(study, adapter_dir, spec)
+    fields = EvalConfig.model_fields
+    return EvalConfig(**{k: v for k, v in d.items() if k in fields or k in study["evaluation"]["extra"]})
+
+
+def real_evaluate(cfg, out_dir: Path, tracker) -> dict:
+    from coloc_ray.evaluation.api import run_eval
+
+    return run_eval(cfg, out_dir, tracker)
+
+
+def real_report(study_dir: Path) -> dict:
+    from coloc_ray.ablation.report import build_report
+
+    return build_report(study_dir)
+
+
+def real_stages() -> Stages:
+    """The real stages of docs/ARCHITECTURE.md (imported lazily, when each runs)."""
+    return Stages(real_sensitivity, real_rope_influence, real_analysis, real_top_k_layers, real_finetune_config,
+                  real_finetune, real_eval_config, real_evaluate, real_report)
+
+
+
+RESULT = "result.json"
+ATTEMPTS = "attempts.log"  # one line per start: shows no finished trial ever ran twice
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def trial_dir(study_dir: str | Path, spec: dict) -> Path:
+    """``base/`` for the base model, ``trials/<trial_id>/`` for every arm trial."""
+    root = Path(study_dir)
+    return root / "base" if spec["arm"] == "base" else root / "trials" / spec["trial_id"]
+
+
+def is_done(study_dir: str | Path, spec: dict) -> bool:
+    return (trial_dir(study_dir, spec) / RESULT).is_file()
+
+
+def _tracker(ctx: dict, spec: dict, out: Path):
+    """The trial's nested MLflow run, resumed (same run id) if an earlier attempt created it."""
+    from coloc_ray.tracking import Tracker
+
+    rid_file = out / RUN_ID_FILE
+    run_id = rid_file.read_text().strip() if rid_file.is_file() else None
+    tags = {"coloc.study": ctx["study"]["name"], "coloc.arm": spec["arm"], "coloc.trial_id": spec["trial_id"]}
+    tr = Tracker(ctx.get("tracking_uri"), ctx["experiment"], run_name=spec["trial_id"],
+                 parent_run_id=ctx.get("parent_run_id"), tags=tags, run_id=run_id,
+                 enabled=ctx.get("tracking", True)).start()
+    if tr.enabled and run_id is None:
+        rid_file.write_text(tr.run_id)
+    return tr
+
+
+def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], Any] | None = None) -> dict:
+    """Run one trial to its ``result.json`` (or return the existing one untouched).
+
+    Args:
+        spec: a :class:`~coloc_ray.ablation.layersets.TrialSpec` as a dict (trial_id, arm, seeds, layers).
+        ctx: ``study`` (resolved StudyConfig dict), ``study_dir``, ``tracking_uri``, ``experiment``,
+            ``parent_run_id``, ``gpus`` (GPUs the trial holds, for gpu_hours).
+        stages: the stage functions (real ones, or fakes in tests).
+        report: called with progress metrics (``phase``, ``step``, ``loss``...); Tune's ``tune.report``.
+
+    Returns:
+        The trial record (contract "Study" in docs/ARCHITECTURE.md).
+    """
+    report = report or (lambda m: None)
+    out = trial_dir(ctx["study_dir"], spec)
+    if (out / RESULT).is_file():
+        rec = read_json(out / RESULT)
+        report({"phase": "done", "step": rec.get("finetune", {}).get("steps", 0), "skipped": True})
+        return rec
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ATTEMPTS, "a") as f:
+        f.write(f"{time.time():.3f} pid={os.getpid()}\n")
+    t0 = time.time()
+    tracker = _tracker(ctx, spec, out)
+    try:
+        tracker.log_params({"arm": spec["arm"], "control_seed": spec["control_seed"],
+                            "train_seed": spec["train_seed"], "lora_layers": spec["lora_layers"],
+                            "garfa_layers": spec["garfa_layers"]})
+        ft = _finetune(spec, ctx, stages, out, tracker, report)
+        report({"phase": "eval", "step": ft.get("steps", 0), "loss": ft.get("final_train_loss")})
+        adapter = str(out / "adapter") if spec["arm"] != "base" else None
+        ev = stages.evaluate(stages.eval_config(ctx["study"], adapter, spec), out / "eval", tracker)
+        rec = _record(spec, ctx, out, ft, ev, time.time() - t0, tracker.run_id)
+        (out / ".done").write_text(spec.get("config_hash", ""))  # which config; meaningless without RESULT
+        write_json(out / RESULT, rec)  # the trial's done marker: written last, atomically
+        _log_result(tracker, rec, out)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    report({"phase": "done", "step": ft.get("steps", 0), "loss": ft.get("final_train_loss"),
+            **{f"score/{b}": v.get("score") for b, v in ev.items() if isinstance(v, dict)}})
+    return rec
+
+
+def _finetune(spec: dict, ctx: dict, stages: Stages, out: Path, tracker, report) -> dict:
+    if spec["arm"] == "base":
+        return {}
+    report({"phase": "finetune", "step": 0})
+    cfg = stages.finetune_config(ctx["study"], spec, tracker.run_id if tracker.enabled else None)
+    return stages.finetune(cfg, out / "adapter")
+
+
+def _record(spec: dict, ctx: dict, out: Path, ft: dict, ev: dict, wall_s: float, run_id) -> dict:
+    return {**{k: spec[k] for k in ("trial_id", "arm", "control_seed", "train_seed", "lora_layers",
+                                    "garfa_layers")},
+            "finetune": ft, "eval": ev, "items_dir": str(out / "eval" / "items"),
+            "adapter_dir": str(out / "adapter") if spec["arm"] != "base" else None,
+            "wall_s": round(wall_s, 3), "gpu_hours": round(wall_s / 3600 * float(ctx.get("gpus", 0)), 6),
+            "mlflow_run_id": run_id}
+
+
+def _log_result(tracker, rec: dict, out: Path) -> None:
+    """Scores, losses, the record, the adapter and the per-item results on the trial's run."""
+    metrics = {f"{b}/score": v.get("score") for b, v in rec["eval"].items() if isinstance(v, dict)}
+    for k in ("final_train_loss", "final_eval_loss"):
+        if isinstance(rec["finetune"].get(k), (int, float)):
+            metrics[k] = rec["finetune"][k]
+    tracker.log_metrics({**metrics, "wall_s": rec["wall_s"], "gpu_hours": rec["gpu_hours"]})
+    tracker.log_dict(rec, "result.json")
+    for sub, art in (("adapter", "adapter"), ("eval/items", "items")):
+        if (out / sub).is_dir():
+            tracker.log_artifacts(out / sub, art)

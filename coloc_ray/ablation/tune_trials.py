@@ -1,0 +1,114 @@
+"""The arms on Ray Tune (the only module importing ``ray.tune``): one function trial per (arm, seeds).
+
+Each trial runs :func:`coloc_ray.ablation.trial.run_trial` (fine-tune on Ray Train, then evaluation) under
+``tune.with_resources``; Ray Train workers inside it hold their own fractional resources (ENVIRONMENT.md:
+``Tuner(trainer)`` fails under Train V2, a function trial that fits a TorchTrainer works). Failed trials
+retry (``FailureConfig(max_failures)``). Every call builds a fresh Tuner over the trials without a
+``result.json``, so a resumed study never runs a finished trial twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from coloc_ray.ablation.progress import ProgressBoard
+from coloc_ray.ablation.trial import Stages, run_trial
+
+log = logging.getLogger(__name__)
+
+
+def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
+    from ray import tune
+
+    # Keep torch to this trial's CPU share: two trials on two cores must not each spawn two threads.
+    import torch
+
+    torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
+    run_trial(config["trial"], ctx, stages, report=lambda m: tune.report(dict(m)))
+
+
+def _callback_cls():
+    from ray import tune
+
+    class ProgressCallback(tune.Callback):
+        """Feeds Tune's trial events and reports into the study's ProgressBoard (runs in the driver)."""
+
+        def __init__(self, board: ProgressBoard):
+            self.board = board
+
+        @staticmethod
+        def _id(trial) -> str:
+            return trial.config["trial"]["trial_id"]
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.board.update(self._id(trial), state="RUNNING")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.board.update(self._id(trial), phase=result.get("phase"), step=result.get("step"),
+                              loss=result.get("loss"))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.board.update(self._id(trial), state="DONE", phase="done")
+            self.board.flush(force=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.board.update(self._id(trial), state="ERROR")
+            self.board.flush(force=True)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.board.update(self._id(trial), state="RETRYING")
+
+        def on_step_end(self, iteration, trials, **info):
+            self.board.flush()
+
+    return ProgressCallback
+
+
+def trial_resources(resources: dict) -> dict:
+    """What the trial function itself holds (its Ray Train workers hold cpus/gpus_per_worker on top)."""
+    return {"cpu": resources["cpus_per_trial"], "gpu": resources["gpus_per_trial"]}
+
+
+def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressBoard, storage_path: str | Path,
+               name: str, max_concurrent: int, max_failures: int) -> dict[str, str]:
+    """Run ``specs`` as Tune trials; returns ``{trial_id: "DONE" | "ERROR: <message>"}``.
+
+    Args:
+        specs: trial specs (dicts) still to run.
+        ctx: the trial context of :func:`run_trial` (must hold ``study`` with its ``resources``).
+        stages: the stage functions, shipped to the trial workers.
+        board: progress sink (driver side).
+        storage_path: Tune's experiment storage (absolute local path or URI).
+        name: Tune experiment name (unique per launch).
+        max_concurrent: trials at once.
+        max_failures: retries per trial.
+    """
+    from ray import tune
+
+    if not specs:
+        return {}
+    res = trial_resources(ctx["study"]["resources"])
+    trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx, stages=stages), res)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(specs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
+                                    trial_name_creator=lambda t: t.config["trial"]["trial_id"],
+                                    trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
+        run_config=tune.RunConfig(name=name, storage_path=_abs(storage_path),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures),
+                                  callbacks=[_callback_cls()(board)], verbose=0))
+    grid = tuner.fit()
+    board.flush(force=True)
+    out = {}
+    for r in grid:
+        tid = r.config["trial"]["trial_id"]
+        out[tid] = "DONE" if r.error is None else f"ERROR: {str(r.error).strip().splitlines()[-1][:300]}"
+    return out
+
+
+def _abs(p: str | Path) -> str:
+    s = str(p)
+    return s if "://" in s else os.path.abspath(s)

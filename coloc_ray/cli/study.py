@@ -1,0 +1,105 @@
+"""``coloc validate|run|resume``: the ablation study as a service."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+STAGES_ENV = "COLOC_STUDY_STAGES"  # "module:factory" returning a Stages (tests only; default: the real stages)
+
+
+def register(sub) -> None:
+    v = sub.add_parser("validate", help="check a study file (schema, layer sets, resources) without running it")
+    v.add_argument("study", nargs="?", help="study YAML")
+    v.add_argument("--address", default=None, help="also check resources against this Ray cluster")
+    v.add_argument("--local", action="store_true", help="also check resources against this machine")
+    v.add_argument("--schema", action="store_true", help="print every study key with its default and meaning")
+    v.set_defaults(func=_validate)
+    r = sub.add_parser("run", help="run a study: probes -> analysis -> layer sets -> arms on Ray Tune -> report")
+    r.add_argument("study", help="study YAML")
+    r.add_argument("--out", default=None, help="study directory (default: output_dir or runs/<name>)")
+    r.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray on 127.0.0.1)")
+    r.set_defaults(func=_run)
+    s = sub.add_parser("resume", help="finish an interrupted study; finished trials are never run again")
+    s.add_argument("study_dir", help="the study directory (holds study.json)")
+    s.add_argument("--address", default=None, help="Ray cluster address")
+    s.set_defaults(func=_resume)
+
+
+def _local_resources() -> dict:
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def _cluster_resources(address: str) -> dict:
+    import ray
+
+    from coloc_ray.raycluster import ensure_ray
+
+    ensure_ray(address)
+    try:
+        return dict(ray.cluster_resources())
+    finally:
+        ray.shutdown()
+
+
+def _validate(args) -> int:
+    from coloc_ray.ablation.study_config import load_study, schema_help, validate_study
+    from coloc_ray.errors import UserError
+
+    if args.schema:
+        print(schema_help())
+        return 0
+    if not args.study:
+        raise UserError("coloc validate: give a study YAML (or --schema)")
+    cfg = load_study(args.study)
+    res = _cluster_resources(args.address) if args.address else (_local_resources() if args.local else None)
+    errs = validate_study(cfg, cluster_resources=res)
+    if errs:
+        for e in errs:
+            print(f"{args.study}: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.study}: OK ({cfg.name}: model {cfg.model}, arms {', '.join(cfg.arms)}, "
+          f"control seeds {cfg.control_seed_list}, train seeds {cfg.train_seed_list})")
+    return 0
+
+
+def _stages():
+    spec = os.environ.get(STAGES_ENV)
+    if not spec:
+        return None  # run_study uses the real stages
+    from ray import cloudpickle
+
+    mod, _, attr = spec.partition(":")
+    module = importlib.import_module(mod)
+    cloudpickle.register_pickle_by_value(module)  # Ray workers may not be able to import it (e.g. tests/)
+    return getattr(module, attr or "stages")()
+
+
+def _run(args) -> int:
+    from coloc_ray.ablation.spine import run_study
+    from coloc_ray.ablation.study_config import load_study
+
+    cfg = load_study(args.study)
+    out = run_study(cfg, args.out, address=args.address, stages=_stages())
+    print(f"study {cfg.name}: {len(out['trials'])} trials done; results in {out['study_dir']}")
+    return 0
+
+
+def _resume(args) -> int:
+    from pathlib import Path
+
+    from coloc_ray.ablation.spine import run_study
+    from coloc_ray.ablation.study_config import StudyConfig
+    from coloc_ray.errors import UserError
+    from coloc_ray.io import read_json
+
+    p = Path(args.study_dir) / "study.json"
+    if not p.is_file():
+        raise UserError(f"{args.study_dir}: no study.json here; pass the directory `coloc run` created")
+    cfg = StudyConfig.model_validate(read_json(p))
+    out = run_study(cfg, args.study_dir, address=args.address, stages=_stages())
+    print(f"study {cfg.name}: {len(out['trials'])} trials done; results in {out['study_dir']}")
+    return 0
