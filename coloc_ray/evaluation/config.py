@@ -1,0 +1,59 @@
+"""``EvalConfig``: everything one ``coloc eval`` run needs, validated once (pydantic, extra=forbid)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from coloc_ray.errors import UserError
+
+ALL_BENCHMARKS = ["mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge"]
+
+
+class EvalConfig(BaseModel):
+    """One evaluation of a model (optionally with an LS-LoRA + GARFA adapter) on METHOD 8's benchmarks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="--model: alias, hub id, HF directory or .gguf file")
+    adapter: Optional[str] = Field(None, description="A `coloc finetune` output dir (LoRA and/or GARFA)")
+    benchmarks: list[str] = Field(default_factory=lambda: list(ALL_BENCHMARKS),
+                                  description="Registry names, run in this order")
+    limit: Optional[int] = Field(None, ge=1, description="About N items per benchmark (not per stratum), "
+                                 "spread across subjects/domains/types/languages; null = full sets")
+    source: Literal["offline", "hub"] = Field("offline", description="offline = the project's task YAMLs over "
+                                              "the shared data; hub = lm-eval's standard tasks (needs a hub)")
+    backend: Literal["hf", "vllm"] = Field("hf", description="HumanEval+ generation: HF generate or vLLM")
+    batch_size: int = Field(8, ge=1, description="lm-eval and generation batch size")
+    seed: int = Field(0, description="Seeds --limit sampling, few-shot sampling and the bootstrap")
+    max_new_tokens: int = Field(512, ge=1, description="Generation budget (MATH, MGSM, HumanEval+)")
+    max_length: Optional[int] = Field(None, ge=16, description="lm-eval context length (null = the model's)")
+    prompt_style: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="HumanEval+ prompt: auto = chat if the tokenizer has a chat template (EvalPlus's rule)")
+    n_bootstrap: int = Field(10000, ge=100, description="Bootstrap resamples for the 95 % CIs")
+    evalplus_workers: int = Field(2, ge=1, description="Processes of EvalPlus's sandboxed executor")
+    guard: bool = Field(True, description="With an adapter: fail if LoRA or GARFA leave the logits unchanged")
+    tracking: bool = Field(True, description="Log to MLflow")
+    tracking_uri: Optional[str] = Field(None, description="MLflow URI (null = $MLFLOW_TRACKING_URI or ./mlruns.db)")
+    experiment: str = Field("coloc-ray", description="MLflow experiment")
+    parent_run_id: Optional[str] = Field(None, description="Nest the run under this MLflow run (default: the "
+                                         "adapter's mlflow_run_id when it recorded one)")
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _known(cls, v):
+        from coloc_ray.evaluation.registry import get_benchmarks
+
+        return [b.name for b in get_benchmarks(v)]  # UserError listing the valid names
+
+    @field_validator("backend")
+    @classmethod
+    def _vllm_present(cls, v):
+        if v == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("coloc_ray.evaluation.vllm_backend") is None:
+                raise UserError("--backend vllm: coloc_ray.evaluation.vllm_backend is not in this install; "
+                                "use --backend hf")
+        return v
