@@ -12,8 +12,13 @@ import numpy as np
 
 from coloc_ray.errors import UserError
 
-#: Resamples per vectorized scipy call: bounds memory at ~batch x n floats (MMLU has 14k items).
+#: Resamples per vectorized scipy call. Small batches (~1M floats, 8 MB) are fastest here (cache) and
+#: keep memory flat at any n (MMLU has 14k items; pooled over 6 run pairs, 84k).
 _BATCH = 500
+
+
+def _batch(n_items: int) -> int:
+    return max(10, min(_BATCH, 1_000_000 // max(1, n_items)))
 
 
 class CI(NamedTuple):
@@ -145,10 +150,6 @@ def _mean(*samples, axis=-1):
     return samples[0].mean(axis=axis)
 
 
-def _mean_diff(a, b, axis=-1):
-    return (a - b).mean(axis=axis)
-
-
 def bootstrap_ci(items: Sequence[float], n: int = 10000, seed: int = 0) -> CI:
     """Mean of per-item scores (0/1 or graded) with a 95 % percentile bootstrap CI (scipy)."""
     from scipy import stats
@@ -157,7 +158,7 @@ def bootstrap_ci(items: Sequence[float], n: int = 10000, seed: int = 0) -> CI:
     est = float(arr.mean())
     if np.ptp(arr) == 0:  # every resample has the same mean: the interval is a point
         return CI(est, est, est)
-    res = stats.bootstrap((arr,), _mean, n_resamples=n, batch=_BATCH, vectorized=True,
+    res = stats.bootstrap((arr,), _mean, n_resamples=n, batch=_batch(arr.size), vectorized=True,
                           method="percentile", rng=np.random.default_rng(seed))
     return CI(est, float(res.confidence_interval.low), float(res.confidence_interval.high))
 
@@ -173,11 +174,14 @@ def paired_bootstrap_ci(a_items: Sequence[float], b_items: Sequence[float], n: i
     a, b = _items(a_items, "paired_bootstrap_ci a"), _items(b_items, "paired_bootstrap_ci b")
     if a.shape != b.shape:
         raise UserError(f"paired_bootstrap_ci: {a.size} vs {b.size} items; pair the same items")
-    est = float((a - b).mean())
-    if np.ptp(a - b) == 0:
+    d = a - b
+    est = float(d.mean())
+    if np.ptp(d) == 0:
         return CI(est, est, est)
-    res = stats.bootstrap((a, b), _mean_diff, n_resamples=n, batch=_BATCH, vectorized=True,
-                          paired=True, method="percentile", rng=np.random.default_rng(seed))
+    # Resampling item pairs and taking mean(a*) - mean(b*) is resampling d = a - b and taking its
+    # mean: one array instead of two, ~2x faster than scipy's paired=True at the same resamples.
+    res = stats.bootstrap((d,), _mean, n_resamples=n, batch=_batch(d.size), vectorized=True,
+                          method="percentile", rng=np.random.default_rng(seed))
     return CI(est, float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 

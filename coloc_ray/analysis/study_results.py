@@ -141,6 +141,7 @@ def study_config(study_dir: Path) -> dict:
         cfg = json.loads(path.read_text()) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
         cfg = {}
-    top_k = cfg.get("top_k", (cfg.get("layer_sets") or {}).get("k") if isinstance(cfg, dict) else None)
+    cfg = cfg if isinstance(cfg, dict) else {}
+    top_k = cfg.get("top_k", (cfg.get("layer_sets") or {}).get("k"))
     return {"name": cfg.get("name") or study_dir.name, "model": cfg.get("model"), "top_k": top_k,
             "cost_per_gpu_hour": float(cfg.get("cost_per_gpu_hour") or 0.0)}
