@@ -11,7 +11,6 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +132,7 @@ def load_garfa(model: nn.Module, in_dir: str | os.PathLike) -> GarfaScalers:
         if int(meta[key]) != int(val):
             raise UserError(f"GARFA file {Path(in_dir) / META} was made for a model with {key}={meta[key]}, "
                             f"but model {name!r} has {key}={val}; load it into the model it was trained on")
-    if meta.get("model") and meta["model"] != name:
-        warnings.warn(f"GARFA file in {in_dir} was saved for model {meta['model']!r}; loading into {name!r} "
-                      "(shapes match)", stacklevel=2)
+    # The saved "model" name is informational only: one model goes by an alias, a path or a hub id.
     scalers = apply_garfa(model, meta["layers"], c=float(meta["c"]))
     with torch.no_grad():
         scalers.rho.copy_(rho.to(scalers.rho.device))
