@@ -226,25 +226,32 @@ KNOWN_BENCHMARKS = ("mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challe
 
 
 def model_num_layers(spec: str) -> int | None:
-    """L of ``spec`` from its config alone (no weights); None when the config is not available offline."""
+    """L of ``spec`` read from its ``config.json`` alone (no weights, no transformers import); None when the
+    config is not available offline (a hub id not in the local HF cache, a .gguf)."""
+    import json
     import logging
 
     from coloc_ray.models import resolve_model_dir
 
-    try:
-        path, extra = resolve_model_dir(spec)
-        if "gguf_file" in extra:
-            return None  # reading a GGUF header costs a full parse; the run checks L after loading
-        from transformers import AutoConfig
+    path, extra = resolve_model_dir(spec)
+    if "gguf_file" in extra:
+        return None  # reading a GGUF header is a full parse; the run checks L after loading
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
 
-        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    except UserError:
-        raise
-    except Exception as e:  # offline and not cached: schema checks still run, L checks are skipped
-        logging.getLogger(__name__).warning("model %r: config not available offline (%s); "
-                                            "skipping the checks that need L", spec, str(e).splitlines()[0])
-        return None
-    return int(cfg.num_hidden_layers)
+            cached = try_to_load_from_cache(path, "config.json")
+        except Exception:
+            cached = None
+        if not isinstance(cached, str):
+            logging.getLogger(__name__).warning(
+                "model %r: config not available offline; skipping the checks that need L", spec)
+            return None
+        cfg_file = Path(cached)
+    cfg = json.loads(cfg_file.read_text())
+    cfg = cfg.get("text_config", cfg)  # multimodal wrappers keep the decoder's config inside
+    return int(cfg["num_hidden_layers"])
 
 
 def _benchmark_names() -> tuple[str, ...]:
