@@ -74,11 +74,11 @@ class Loop:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, ckpt_dir) -> None:
-        save_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler, self.state)
+        save_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler, self.state, self.rank)
 
     def resume(self, ckpt_dir) -> None:
         """Continue from a checkpoint written by :meth:`save` (same config, same world size)."""
-        self.state = load_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler)
+        self.state = load_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler, self.rank)
         self.state.resumed_from.append(self.state.step)
         log.info("rank %d resumed at step %d (data position %d)", self.rank, self.state.step, self.state.micro)
 

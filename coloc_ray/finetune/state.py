@@ -1,7 +1,8 @@
 """Training state inside a checkpoint: everything needed to resume a run exactly.
 
-A checkpoint directory holds ``trainable.safetensors`` (LoRA weights + rho, by parameter name) and
-``state.pt`` (optimizer, scheduler, RNG states, step, data position, loss history). ``state.pt`` is a
+A checkpoint directory holds ``trainable.safetensors`` (LoRA weights + rho, by parameter name),
+``state.pt`` (optimizer, scheduler, step, data position, loss history), both from rank 0, and one
+``rng_rank{r}.pt`` per rank (each rank's dropout stream differs; Ray merges the ranks' directories). ``state.pt`` is a
 torch pickle of our own state dicts, written and read only by this module, and only inside checkpoints;
 final artifacts (the adapter dir) never contain a pickle.
 """
@@ -39,24 +40,32 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_state(ckpt_dir: str | Path, model, optimizer, scheduler, state: LoopState) -> None:
-    """Write the full resumable state of this rank into ``ckpt_dir``."""
-    from safetensors.torch import save_file
-
+def save_rng(ckpt_dir: str | Path, rank: int) -> None:
+    """Write this rank's RNG states (every rank does; the dropout stream is per rank)."""
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
+    torch.save({"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               d / f"rng_rank{rank}.pt")
+
+
+def save_state(ckpt_dir: str | Path, model, optimizer, scheduler, state: LoopState, rank: int = 0) -> None:
+    """Write the resumable state into ``ckpt_dir``: model/optimizer/loop from rank 0, RNG from every rank.
+
+    DDP keeps the trainable weights and optimizer states identical on every rank, so rank 0's copy suffices.
+    """
+    from safetensors.torch import save_file
+
+    save_rng(ckpt_dir, rank)
+    if rank != 0:
+        return
+    d = Path(ckpt_dir)
     save_file(trainable_state(model), str(d / TRAINABLE))
-    blob = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "loop": asdict(state),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    torch.save(blob, d / STATE)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loop": asdict(state)},
+               d / STATE)
 
 
-def load_state(ckpt_dir: str | Path, model, optimizer, scheduler) -> LoopState:
+def load_state(ckpt_dir: str | Path, model, optimizer, scheduler, rank: int = 0) -> LoopState:
     """Restore what :func:`save_state` wrote; returns the loop state to continue from."""
     from safetensors.torch import load_file
 
@@ -73,7 +82,10 @@ def load_state(ckpt_dir: str | Path, model, optimizer, scheduler) -> LoopState:
     blob = torch.load(d / STATE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(blob["rng_cpu"])
-    if blob["rng_cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["rng_cuda"])
+    rng_file = d / f"rng_rank{rank}.pt"
+    if rng_file.is_file():  # absent when resuming on more ranks than saved: those start a fresh stream
+        rng = torch.load(rng_file, map_location="cpu", weights_only=False)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     return LoopState(**blob["loop"])

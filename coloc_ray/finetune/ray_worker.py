@@ -1,0 +1,139 @@
+"""The code that runs on Ray Train workers, and the TorchTrainer that runs it (the only ray.train module).
+
+Each worker builds the same model (LoRA init seeded), takes its shard of the seeded data order, and runs
+:class:`~coloc_ray.finetune.loop.Loop`. Every ``checkpoint_every`` steps all ranks call ``ray.train.report``
+(it is a barrier): rank 0 with the weights, optimizer, scheduler and data position, every rank with its own
+RNG state. After a worker failure Ray restarts the group (``FailureConfig.max_failures``) and
+``ray.train.get_checkpoint()`` hands the last checkpoint back, from which the loop resumes exactly.
+The last report carries the final artifacts in ``final/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from coloc_ray.finetune.bare import TrackingHooks, final_metrics, prepare
+
+log = logging.getLogger(__name__)
+
+FINAL = "final"  # subdirectory of the last checkpoint holding the adapter + metrics
+
+
+class RayHooks(TrackingHooks):
+    """Checkpoint through ``ray.train.report``; optional fault injection for the recovery test."""
+
+    def __init__(self, tracker, rank: int, fault: Optional[dict] = None):
+        super().__init__(tracker)
+        self.rank, self.fault = rank, fault or {}
+
+    def on_step(self, loop, metrics: dict) -> None:
+        super().on_step(loop, metrics)
+        f = self.fault
+        # Fault injection (tests only): at step k, once, rank 0 writes its PID and waits to be killed.
+        if f and self.rank == 0 and loop.state.step == f["at_step"] and not os.path.exists(f["pid_file"]):
+            Path(f["pid_file"]).write_text(str(os.getpid()))
+            time.sleep(f.get("hold_s", 120))
+
+    def on_checkpoint(self, loop) -> None:
+        report(loop, {"step": loop.state.step, "loss": loop.state.train_losses[-1]})
+
+
+def report(loop, metrics: dict, extra=None) -> None:
+    """Save this rank's part of a checkpoint and report it (every rank must call this, in step)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="coloc-ckpt-") as d:
+        loop.save(d)
+        if extra is not None:
+            extra(Path(d))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _wrap_ddp(model, world: int):
+    """DDP for more than one rank. Every trainable parameter (LoRA in X, rho in Y) is used in every
+    forward, so ``find_unused_parameters`` stays off; an empty set simply has no parameters."""
+    if world == 1:
+        return model
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp",
+                                         parallel_strategy_kwargs={"find_unused_parameters": False})
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train entry point. ``config``: ``cfg`` (FinetuneConfig dict), ``tracking_uri``, ``run_id``, ``fault``."""
+    import ray.train
+    import ray.train.torch
+
+    from coloc_ray.finetune.adapter import save_adapter
+    from coloc_ray.finetune.config import FinetuneConfig
+    from coloc_ray.finetune.loop import Loop
+    from coloc_ray.io import write_json
+    from coloc_ray.tracking import Tracker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    t0 = time.perf_counter()
+    cfg = FinetuneConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    prep = prepare(cfg, device=str(device))
+    tm = prep.trainable
+    tracker = Tracker(config.get("tracking_uri"), run_id=config.get("run_id"),
+                      enabled=bool(config.get("run_id")) and rank == 0).start()
+    loop = Loop(_wrap_ddp(tm.model, world), tm.scalers, prep.train_items, prep.held_items, cfg,
+                tm.tokenizer.pad_token_id, device=device, rank=rank, world=world,
+                hooks=RayHooks(tracker, rank, config.get("fault")))
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            loop.resume(d)
+    elif rank == 0:
+        from coloc_ray.finetune.lora import trainable_counts
+
+        tracker.log_params({**trainable_counts(tm.model), "quant_resolved": tm.quant,
+                            "num_train_records": len(prep.train_items)})
+    loop.run()
+    metrics = final_metrics(loop, tm, time.perf_counter() - t0)
+    metrics["num_workers"] = world
+
+    def write_final(d: Path) -> None:
+        if rank == 0:
+            save_adapter(loop.model, tm.scalers, tm.info, d / FINAL)
+            write_json(d / FINAL / "metrics.json", metrics)
+
+    report(loop, {"step": loop.state.step, "loss": metrics["final_train_loss"], "done": 1}, extra=write_final)
+    return metrics
+
+
+def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str] = None,
+                  run_id: Optional[str] = None, fault: Optional[dict] = None):
+    """The Ray Train V2 TorchTrainer for ``cfg`` (checkpoints and restarts under ``storage_path/name``)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    # Workers must find the same data, model cache and offline switches as the driver.
+    env = {k: os.environ[k] for k in ("COLOC_DATA", "COLOC_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                      "HF_HOME", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+           if k in os.environ}
+    env["OMP_NUM_THREADS"] = str(max(1, int(cfg.cpus_per_worker)))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri, "run_id": run_id,
+                           "fault": fault},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": env}),
+    )
