@@ -79,7 +79,7 @@ def load_gpqa() -> list[dict]:
 
 
 def load_math() -> list[dict]:
-    """MATH test (5,000), minus any problem that is one of the 4 few-shot examples (one is: idx 4764)."""
+    """MATH test (5,000), minus any problem that is one of the 4 few-shot examples (none is, in this copy)."""
     from coloc_ray.evaluation.tasks.utils import MATH_FEWSHOT
 
     shots = {s["problem"].strip() for s in MATH_FEWSHOT}

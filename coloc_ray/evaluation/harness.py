@@ -41,7 +41,8 @@ def run_tasks(lm, tasks: list[str], *, include_dir: Path | None, num_fewshot: in
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=str(include_dir)) if include_dir else TaskManager()
+    # Offline: index only our rendered tasks (indexing lm-eval's thousands of built-in YAMLs costs ~10 s).
+    tm = TaskManager(include_path=str(include_dir), include_defaults=False) if include_dir else TaskManager()
     gen_kwargs = {"max_gen_toks": max_gen_toks} if (max_gen_toks and include_dir is None) else None
     out = simple_evaluate(
         model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=tm, log_samples=True,

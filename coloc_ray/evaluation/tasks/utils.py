@@ -41,8 +41,8 @@ def process_gpqa(dataset):
 
 # --- MATH (mirrors minerva_math/utils.py) ----------------------------------------------------------------
 
-# The 4-shot prompt of Lewkowycz et al. (2022), as shipped in lm-eval's minerva_math task. One of these
-# problems (the determinant one) is in the MATH test set: data.load_math drops it from the eval items.
+# The 4-shot prompt of Lewkowycz et al. (2022), as shipped in lm-eval's minerva_math task (MATH train-split
+# problems). data.load_math drops any test item equal to one of them (none is, in the shared copy).
 MATH_FEWSHOT = [
     {"problem": "Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.",
      "solution": "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.",  # noqa: E501
