@@ -82,12 +82,12 @@ class FinetuneConfig(BaseModel):
                             "layer set (e.g. --lora-layers 0,1)")
         for key in ("lora_layers", "garfa_layers"):
             layers = getattr(self, key)
-            if len(set(layers)) != len(layers):
-                dup = sorted({x for x in layers if layers.count(x) > 1})
-                raise UserError(f"{key}={layers}: duplicate layer(s) {dup}; list each layer once")
             if len(layers) > num_layers:
                 raise UserError(f"{key} has {len(layers)} layers but model {self.model!r} has only "
                                 f"{num_layers}; give at most {num_layers}")
+            if len(set(layers)) != len(layers):
+                dup = sorted({x for x in layers if layers.count(x) > 1})
+                raise UserError(f"{key}={layers}: duplicate layer(s) {dup}; list each layer once")
             bad = [x for x in layers if not 0 <= x < num_layers]
             if bad:
                 raise UserError(f"{key}={layers}: layer(s) {bad} out of range for model {self.model!r} "
