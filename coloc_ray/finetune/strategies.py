@@ -157,6 +157,17 @@ def deepspeed_zero3_config(*, micro_batch_size: int, grad_accum: int, world_size
     return cfg
 
 
+def zero3_config_for(cfg, **offload: Any) -> dict[str, Any]:
+    """:func:`deepspeed_zero3_config` from a ``FinetuneConfig`` (batch, accumulation, workers, grad clip).
+
+    Args:
+        cfg: a ``coloc_ray.finetune.config.FinetuneConfig``.
+        **offload: ``offload_optimizer`` / ``offload_param`` / ``nvme_path`` / ``bf16``.
+    """
+    return deepspeed_zero3_config(micro_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                  world_size=cfg.num_workers, gradient_clipping=cfg.max_grad_norm, **offload)
+
+
 # Keys DeepSpeed 0.19.8 accepts (deepspeed/runtime/zero/config.py, offload_config.py; the
 # zero_optimization models are pydantic extra="forbid", so an unknown key fails at initialize()).
 # deepspeed is not installed in the CPU venv: this is our own check against those sources.

@@ -146,3 +146,14 @@ def test_4bit_storage_is_bf16_for_fsdp():
     q = BitsAndBytesConfig(**st.fsdp_4bit_quant_kwargs())
     assert q.load_in_4bit and q.bnb_4bit_quant_storage == torch.bfloat16
     assert q.bnb_4bit_compute_dtype == torch.bfloat16 and q.bnb_4bit_quant_type == "nf4"
+
+
+def test_zero3_config_from_finetune_config():
+    from coloc_ray.finetune.config import FinetuneConfig
+
+    cfg = FinetuneConfig(model="tiny-gqa", lora_layers=[0], garfa_layers=[1], strategy="zero3", num_workers=4,
+                         batch_size=2, grad_accum=8, max_grad_norm=0.5)
+    ds = st.zero3_config_for(cfg, offload_param="cpu")
+    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 8
+    assert ds["train_batch_size"] == 2 * 8 * 4 and ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"

@@ -1,0 +1,268 @@
+"""Send a study to a Ray cluster through the Ray Jobs API (the only module importing ``ray.job_submission``).
+
+The cluster runs ``coloc run <study> --address auto`` with the project checkout as its working_dir, so the
+code that runs is the code you have. Token auth (Ray 2.60): the head runs with ``RAY_AUTH_MODE=token``; we
+send ``Authorization: Bearer <token>`` read from ``--token-file``, ``$RAY_AUTH_TOKEN`` or
+``$RAY_AUTH_TOKEN_PATH``. The token never goes into the runtime_env (the dashboard shows it to anyone).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from coloc_ray.errors import UserError
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# gitignore-style patterns Ray leaves out of the uploaded working_dir (it refuses > 500 MiB anyway).
+EXCLUDES = [".git", ".venv", ".venv-*", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "runs", "mlruns",
+            "mlruns.db", "mlartifacts", "studies/*/", "out", "tmp", ".coloc_cache", "*.safetensors", "*.gguf",
+            "*.bin", "*.pt", "*.pth", "*.ckpt", "*.db", "*.tar", "*.tar.gz", "*.zip"]
+PROJECT = Path(__file__).resolve().parents[2]
+META_PREFIX = "coloc."
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def read_token(token_file: str | None = None) -> str | None:
+    """The cluster token from ``token_file``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH`` (None if none)."""
+    path = token_file or (None if os.environ.get("RAY_AUTH_TOKEN") else os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(f"token file {str(p)!r} does not exist; pass the cluster's token file with --token-file")
+        token = p.read_text().strip()
+        if not token:
+            raise UserError(f"token file {str(p)!r} is empty; it must hold the cluster's auth token")
+        return token
+    return os.environ.get("RAY_AUTH_TOKEN", "").strip() or None
+
+
+def connect(address: str, token_file: str | None = None):
+    """A ``JobSubmissionClient`` for the dashboard at ``address`` (http://host:port), with the token header.
+
+    Raises:
+        UserError: unreachable address, missing or refused token.
+    """
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    if not urlparse(address).scheme.startswith("http"):
+        raise UserError(f"--address {address!r}: give the dashboard URL, e.g. http://127.0.0.1:8265 "
+                        "(kubectl port-forward / ray dashboard make it local)")
+    token = read_token(token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except ConnectionError:
+        raise UserError(f"no Ray dashboard answers at {address}; start the cluster or the port-forward "
+                        "(docs/CLUSTER.md), and check --address") from None
+    except AuthenticationError as e:
+        raise auth_error(address, e) from None
+
+
+def auth_error(address: str, e: Exception) -> UserError:
+    """The one-line UserError for Ray's AuthenticationError: 401 (no token sent) or 403 (wrong token)."""
+    if str(e).startswith("Authentication required"):  # Ray's text for a 401
+        return UserError(f"the cluster at {address} requires a token: pass --token-file or set RAY_AUTH_TOKEN_PATH")
+    return UserError(f"the cluster at {address} refused the token (403): pass the token file the head was "
+                     "started with (its RAY_AUTH_TOKEN_PATH)")
+
+
+def _call(address: str, fn, *args, **kwargs):
+    """Run one client call; auth and connection failures become UserErrors."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return fn(*args, **kwargs)
+    except AuthenticationError as e:
+        raise auth_error(address, e) from None
+    except ConnectionError:
+        raise UserError(f"lost the Ray dashboard at {address}; is the cluster / port-forward still up?") from None
+
+
+def _study_in_project(study: Path, project: Path) -> str | None:
+    try:
+        return study.resolve().relative_to(project.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def stage_working_dir(project: Path, study: Path) -> tuple[Path, str]:
+    """A temp copy of the project code with ``study`` inside it (for a study file outside the checkout)."""
+    import fnmatch
+
+    def ignore(_dir, names):
+        return {n for n in names if any(fnmatch.fnmatch(n, pat.rstrip("/")) for pat in EXCLUDES if "/" not in
+                                        pat.rstrip("/"))}
+
+    tmp = Path(tempfile.mkdtemp(prefix="coloc-submit-"))
+    shutil.copytree(project, tmp / "project", ignore=ignore)
+    rel = f".coloc_submit/{study.name}"
+    (tmp / "project" / rel).parent.mkdir(parents=True)
+    shutil.copy2(study, tmp / "project" / rel)
+    return tmp / "project", rel
+
+
+def runtime_env(working_dir: Path, address: str, tracking_uri: str | None = None,
+                env: dict[str, str] | None = None) -> dict:
+    """The job's runtime_env: the code, the excludes, and the env vars the study needs (never the token)."""
+    from coloc_ray.raycluster import LOOPBACK_ENV
+
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if urlparse(address).hostname in LOOPBACK_HOSTS:
+        env_vars.update(LOOPBACK_ENV)  # a loopback head: its drivers must bind to 127.0.0.1 too
+    if tracking_uri:
+        env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    env_vars.update(env or {})
+    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env_vars}
+
+
+def submit_study(study: str | Path, address: str, *, token_file: str | None = None, tracking_uri: str | None = None,
+                 out: str | None = None, env: dict[str, str] | None = None, project: Path | None = None,
+                 submission_id: str | None = None) -> str:
+    """Validate ``study`` locally, then submit ``coloc run`` for it as a Ray job; returns the job id.
+
+    Args:
+        study: the study YAML.
+        address: the dashboard URL (``http://127.0.0.1:8265``).
+        token_file: the cluster's token file (else ``$RAY_AUTH_TOKEN`` / ``$RAY_AUTH_TOKEN_PATH``).
+        tracking_uri: MLflow URI the job logs to (``MLFLOW_TRACKING_URI`` in the job).
+        out: study directory on the cluster (default: the study's output_dir or runs/<name> in the job's dir).
+        env: extra env vars for the job (e.g. ``HF_TOKEN`` is better put on the cluster itself).
+        project: the checkout to ship (default: the one this package is imported from).
+        submission_id: job id to use (default ``coloc-<name>-<time>-<rand>``).
+    """
+    from coloc_ray.ablation.study_config import load_study, validate_study
+
+    study = Path(study)
+    cfg = load_study(study)
+    errs = validate_study(cfg)
+    if errs:
+        raise UserError("\n".join(f"{study}: {e}" for e in errs))
+    project = Path(project or PROJECT)
+    rel = _study_in_project(study, project)
+    workdir = project
+    if rel is None:  # a study file outside the checkout travels inside a staged copy of it
+        workdir, rel = stage_working_dir(project, study)
+    entry = ["coloc", "run", rel, "--address", "auto"] + (["--out", out] if out else [])
+    study_dir = out or str(cfg.study_dir())
+    metadata = {f"{META_PREFIX}study": cfg.name, f"{META_PREFIX}study_file": rel, f"{META_PREFIX}study_dir": study_dir,
+                f"{META_PREFIX}tracking_uri": tracking_uri or ""}  # "": the cluster's own MLFLOW_TRACKING_URI
+    client = connect(address, token_file)
+    sid = submission_id or f"coloc-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    try:
+        return _submit_with_retry(address, client, entrypoint=shlex.join(entry), submission_id=sid,
+                                  metadata=metadata, runtime_env=runtime_env(workdir, address, tracking_uri, env))
+    finally:
+        if workdir != project:
+            shutil.rmtree(workdir.parent, ignore_errors=True)
+
+
+def _submit_with_retry(address: str, client, retry_s: float = 60.0, **kwargs) -> str:
+    """``client.submit_job``; a freshly started head answers 500 "No available agent" for a few seconds."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return _call(address, client.submit_job, **kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"the cluster at {address} refused the job: {first}") from None
+            time.sleep(2)
+
+
+def job_info(address: str, job_id: str, token_file: str | None = None) -> dict:
+    """Status, message, entrypoint, times and metadata of one job (UserError if the id is unknown)."""
+    client = connect(address, token_file)
+    try:
+        info = _call(address, client.get_job_info, job_id)
+    except RuntimeError as e:
+        if "404" in str(e) or "does not exist" in str(e):
+            raise UserError(f"no job {job_id!r} on the cluster at {address}; `coloc status --address "
+                            f"{address}` lists the jobs") from None
+        raise
+    return {"job_id": job_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+            "message": info.message or "", "entrypoint": info.entrypoint, "start_time": info.start_time,
+            "end_time": info.end_time, "metadata": dict(info.metadata or {})}
+
+
+def list_jobs(address: str, token_file: str | None = None) -> list[dict]:
+    """Every job the cluster knows, newest first: id, status, study, entrypoint."""
+    client = connect(address, token_file)
+    jobs = _call(address, client.list_jobs)
+    rows = [{"job_id": j.submission_id or j.job_id, "status": str(getattr(j.status, "value", j.status)),
+             "study": (j.metadata or {}).get(f"{META_PREFIX}study", "-"), "start_time": j.start_time or 0,
+             "entrypoint": j.entrypoint} for j in jobs]
+    return sorted(rows, key=lambda r: r["start_time"], reverse=True)
+
+
+def job_logs(address: str, job_id: str, token_file: str | None = None) -> str:
+    """The job's whole log so far."""
+    client = connect(address, token_file)
+    job_info(address, job_id, token_file)  # a clear error for an unknown id
+    return _call(address, client.get_job_logs, job_id)
+
+
+def follow_logs(address: str, job_id: str, token_file: str | None = None, out=None) -> None:
+    """Stream the job's log to ``out`` (stdout) until the job ends."""
+    import asyncio
+    import sys
+
+    out = out or sys.stdout
+    client = connect(address, token_file)
+    job_info(address, job_id, token_file)
+
+    async def pump():
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    _call(address, asyncio.run, pump())
+
+
+def wait_for_job(address: str, job_id: str, token_file: str | None = None, timeout_s: float | None = None,
+                 poll_s: float = 2.0, on_change=None) -> str:
+    """Poll until the job reaches SUCCEEDED / FAILED / STOPPED; returns that status."""
+    client = connect(address, token_file)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = None
+    while True:
+        status = str(getattr(st := _call(address, client.get_job_status, job_id), "value", st))
+        if status != last and on_change:
+            on_change(status)
+        last = status
+        if status in TERMINAL:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {status} after {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def table_from_logs(logs: str) -> str | None:
+    """The last trial table the job printed (``progress.format_table``: a header row ... ``[... study ETA ...]``)."""
+    import re
+
+    lines = logs.splitlines()
+    heads = [i for i, ln in enumerate(lines) if re.match(r"^trial_id\s+arm\s+ctrl\s+train\s+state", ln)]
+    for i in reversed(heads):
+        for j in range(i + 1, len(lines)):
+            if re.match(r"^\[.*study ETA", lines[j]):
+                return "\n".join(lines[i:j + 1])
+    return None
+
+
+def trial_table(info: dict, logs: str | None) -> str:
+    """The live trial table: from ``progress.json`` when the study dir is reachable here, else the job's logs."""
+    from coloc_ray.ablation.progress import PROGRESS, render_progress
+
+    study_dir = info.get("metadata", {}).get(f"{META_PREFIX}study_dir", "")
+    if study_dir and Path(study_dir).is_absolute() and (Path(study_dir) / PROGRESS).is_file():
+        return render_progress(study_dir)
+    table = table_from_logs(logs or "")
+    return table or "(no trial table yet: the study has not started its trials)"

@@ -1,0 +1,113 @@
+"""Job submission pieces that need no cluster: token lookup, runtime_env, log parsing, early errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coloc_ray.ablation import submit as sb
+from coloc_ray.errors import UserError
+from tests.conftest import REPO, free_port, run_cli
+
+TINY = REPO / "studies" / "tiny_test.yaml"
+
+
+@pytest.fixture()
+def no_auth_env(monkeypatch):
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_token_precedence(tmp_path, monkeypatch, no_auth_env):
+    f1, f2 = tmp_path / "a", tmp_path / "b"
+    f1.write_text("tok-file\n")
+    f2.write_text("tok-path")
+    assert sb.read_token() is None
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(f2))
+    assert sb.read_token() == "tok-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok-env")
+    assert sb.read_token() == "tok-env"
+    assert sb.read_token(str(f1)) == "tok-file"  # --token-file wins, stripped
+    with pytest.raises(UserError, match="does not exist"):
+        sb.read_token(str(tmp_path / "missing"))
+    (tmp_path / "empty").write_text("  \n")
+    with pytest.raises(UserError, match="empty"):
+        sb.read_token(str(tmp_path / "empty"))
+
+
+def test_runtime_env_loopback_and_tracking_never_the_token(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cret-token")
+    local = sb.runtime_env(REPO, "http://127.0.0.1:8265", "sqlite:////x/m.db", {"A": "1"})
+    assert local["env_vars"]["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert local["env_vars"]["MLFLOW_TRACKING_URI"] == "sqlite:////x/m.db" and local["env_vars"]["A"] == "1"
+    assert {".venv", ".git", "runs", "mlruns", "*.safetensors"} <= set(local["excludes"])
+    remote = sb.runtime_env(REPO, "http://10.0.0.5:8265")
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in remote["env_vars"]
+    assert "s3cret-token" not in json.dumps([local, remote])
+
+
+def test_bad_address_and_unreachable_are_user_errors(no_auth_env):
+    with pytest.raises(UserError, match="dashboard URL"):
+        sb.connect("127.0.0.1:6379")
+    with pytest.raises(UserError, match="no Ray dashboard answers"):
+        sb.connect(f"http://127.0.0.1:{free_port()}")
+
+
+def test_table_from_logs_takes_the_last_table():
+    from coloc_ray.ablation.progress import format_table
+
+    def snap(state, step):
+        return {"counts": {state: 1}, "eta_s": 5.0, "trials": [
+            {"trial_id": "A-c123-t0", "arm": "A", "control_seed": 123, "train_seed": 0, "state": state,
+             "phase": "finetune", "step": step, "total_steps": 2, "loss": 1.5, "eta_s": 3.0}]}
+
+    first, last = format_table(snap("RUNNING", 1)), format_table(snap("DONE", 2))
+    logs = f"starting\n{first}\n(pid=12) some tune noise\n{last}\nstudy tiny_test: 1 trials done\n"
+    assert sb.table_from_logs(logs) == last
+    assert sb.table_from_logs("no table here\n") is None
+    info = {"metadata": {"coloc.study_dir": "runs/x"}}  # relative: not reachable here -> logs
+    assert sb.trial_table(info, logs) == last
+
+
+def test_trial_table_prefers_progress_json(tmp_path):
+    from coloc_ray.ablation.progress import ProgressBoard, render_progress
+
+    board = ProgressBoard(tmp_path, [{"trial_id": "D-c124-t0", "arm": "D", "control_seed": 124, "train_seed": 0}],
+                          total_steps=2, echo=False)
+    board.update("D-c124-t0", state="RUNNING", phase="finetune", step=1)
+    board.flush(force=True)
+    got = sb.trial_table({"metadata": {"coloc.study_dir": str(tmp_path)}}, "stale logs")
+    assert got == render_progress(tmp_path) and "D-c124-t0" in got and "RUNNING" in got
+
+
+def test_study_outside_checkout_is_staged(tmp_path):
+    study = tmp_path / "elsewhere.yaml"
+    study.write_text(TINY.read_text())
+    work, rel = sb.stage_working_dir(REPO, study)
+    try:
+        assert rel == ".coloc_submit/elsewhere.yaml" and (work / rel).read_text() == TINY.read_text()
+        assert (work / "coloc_ray" / "ablation" / "submit.py").is_file()
+        assert not (work / ".venv").exists() and not (work / ".git").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(work.parent)
+    assert sb._study_in_project(TINY, REPO) == "studies/tiny_test.yaml"
+
+
+def test_invalid_study_fails_before_contacting_the_cluster(tmp_path, no_auth_env):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("k: 2", "k: 3"))  # L = 4 < 2k: R cannot be drawn
+    with pytest.raises(UserError, match="layer_sets.k"):
+        sb.submit_study(bad, f"http://127.0.0.1:{free_port()}")
+
+
+def test_cli_submit_errors_exit_2(tmp_path):
+    env = {"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": ""}
+    r = run_cli("submit", str(TINY), "--address", f"http://127.0.0.1:{free_port()}", env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "no Ray dashboard answers" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("submit", str(TINY), "--env", "NOEQUALS", "--address", "http://127.0.0.1:1", env=env, timeout=120)
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr
