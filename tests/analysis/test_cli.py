@@ -27,6 +27,12 @@ def _probes(tmp_path, n_sens=L, n_rope=L, model_rope="tiny-gqa"):
     return ps, pr, sens, rope
 
 
+def _summary(stdout: str) -> dict:
+    # MLflow may print "View run ..." lines around ours (HTTP stores): take the JSON block.
+    start = stdout.index("{\n")
+    return json.loads(stdout[start:stdout.index("\n}", start) + 2])
+
+
 def test_analyze_cli_writes_outputs_and_mlflow_run(tmp_path, tracking_uri):
     from coloc_ray.tracking import read_run
 
@@ -43,7 +49,7 @@ def test_analyze_cli_writes_outputs_and_mlflow_run(tmp_path, tracking_uri):
     assert rec["expected_overlap"] == pytest.approx(9 / L)
     for png in ("profiles.png", "rank_scatter.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    summary = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    summary = _summary(proc.stdout)
     run = read_run(summary["mlflow_run_id"], tracking_uri)
     assert run["status"] == "FINISHED"
     assert run["params"]["top_k"] == "3" and run["params"]["n_perm"] == "999"
@@ -90,3 +96,21 @@ def test_run_analysis_logs_into_a_callers_open_run(tmp_path, tracking_uri):
     assert rec["sensitive_layers"] == sorted(np.argsort(-np.array(sens["scores"]))[:4].tolist())
     hist = metric_history(t.run_id, "sensitivity", tracking_uri)
     assert [v for _, v in hist] == pytest.approx(sens["scores"])
+
+
+@pytest.mark.mlflow_server
+def test_analyze_cli_against_a_real_mlflow_server(tmp_path, mlflow_server):
+    from coloc_ray.tracking import read_run
+
+    ps, pr, sens, rope = _probes(tmp_path)
+    proc = run_cli("analyze", "--sensitivity", str(ps), "--rope", str(pr), "--n-perm", "200",
+                   "--tracking-uri", mlflow_server, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_id = _summary(proc.stdout)["mlflow_run_id"]
+    run = read_run(run_id, mlflow_server)
+    assert run["status"] == "FINISHED"
+    assert run["metrics"]["spearman_r"] == pytest.approx(stats.spearmanr(sens["scores"], rope["scores"]).statistic)
+    from mlflow.tracking import MlflowClient
+
+    names = {a.path for a in MlflowClient(mlflow_server).list_artifacts(run_id, "analysis")}
+    assert names == {"analysis/analysis.json", "analysis/profiles.png", "analysis/rank_scatter.png"}
