@@ -62,12 +62,14 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
         rope: the ``rope_influence.json`` record (needs ``scores``).
         top_k: top-set size; ``None`` takes the sensitivity record's ``top_k`` (else 10).
         out_dir: output folder (created; other files in it are left alone).
-        tracker: a :class:`coloc_ray.tracking.Tracker`; started here (and ended) if not yet started.
+        tracker: a :class:`coloc_ray.tracking.Tracker`. Not yet started: it becomes the analysis
+            run (started and ended here). Already started (the study's run): the analysis gets a
+            nested child run of it. ``None`` or disabled: no tracking.
         n_perm: permutations for the permutation p.
         seed: seed of the permutation null.
 
     Returns:
-        The ``analysis.json`` record.
+        The ``analysis.json`` record (with ``mlflow_run_id`` of the analysis run, or None).
     """
     from coloc_ray.analysis.colocalization import analyze
     from coloc_ray.analysis.plots import plot_profiles, plot_rank_scatter
@@ -81,43 +83,55 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
     result["model"] = sens.get("model") or rp.get("model")
     interp = rp.get("interpolated") or []
     result["rope_interpolated_layers"] = [i for i, flag in enumerate(interp) if flag]
+    run = _open_run(tracker)
+    result["mlflow_run_id"] = run.run_id if run is not None else None
     out = Path(out_dir)
-    with staged_output(out) as stage:
-        write_json(stage / ANALYSIS_FILE, result)
-        title = f"{result['model'] or 'model'}: {result['num_layers']} layers, top-{k}"
-        plot_profiles(sens["scores"], rp["scores"], result["sensitive_layers"], result["rope_layers"],
-                      stage / PROFILES_PNG, title=title)
-        plot_rank_scatter(sens["scores"], rp["scores"], stage / RANK_PNG,
-                          spearman_r=result["spearman_r"], title=title)
-    if tracker is not None and tracker.enabled:
-        _log(tracker, result, sens, rp, out)
+    try:
+        with staged_output(out) as stage:
+            write_json(stage / ANALYSIS_FILE, result)
+            title = f"{result['model'] or 'model'}: {result['num_layers']} layers, top-{k}"
+            plot_profiles(sens["scores"], rp["scores"], result["sensitive_layers"], result["rope_layers"],
+                          stage / PROFILES_PNG, title=title)
+            plot_rank_scatter(sens["scores"], rp["scores"], stage / RANK_PNG,
+                              spearman_r=result["spearman_r"], title=title)
+        if run is not None:
+            _log(run, result, sens, rp, out)
+    except BaseException:
+        if run is not None:
+            run.end("FAILED")
+        raise
+    if run is not None:
+        run.end("FINISHED")
     log.info("analysis: %s", result["interpretation"])
     return result
+
+
+def _open_run(tracker):
+    """The analysis's own MLflow run: ``tracker`` itself if not yet started, else a nested child run.
+
+    A child (not the caller's run) keeps the analysis's params from colliding with the caller's
+    (MLflow params are write-once) and gives the stage one run of its own either way.
+    """
+    if tracker is None or not tracker.enabled:
+        return None
+    if tracker.run_id is None:
+        return tracker.start()
+    return tracker.child("analysis", tags={"stage": "analysis"}).start()
 
 
 _METRICS = ("spearman_r", "spearman_p", "permutation_p", "overlap", "expected_overlap", "overlap_p",
             "partial_r", "partial_p", "circular_shift_p")
 
 
-def _log(tracker, result: dict, sens: Mapping, rope: Mapping, out: Path) -> None:
-    # A tracker the caller already started stays open (the caller ends it); else we own the run.
-    owned = tracker.run_id is None
-    tracker.start()
-    try:
-        tracker.log_params({"stage": "analysis", "model": result["model"], "top_k": result["top_k"],
-                            "num_layers": result["num_layers"], "n_perm": result["n_perm"],
-                            "seed": result["seed"], "pooling": sens.get("pooling"),
-                            "rope_factors": rope.get("factors"),
-                            "sensitive_layers": result["sensitive_layers"],
-                            "rope_layers": result["rope_layers"]})
-        tracker.log_metrics({k: result[k] for k in _METRICS})
-        tracker.log_series("sensitivity", sens["scores"])
-        tracker.log_series("rope_influence", rope["scores"])
-        for name in (ANALYSIS_FILE, PROFILES_PNG, RANK_PNG):
-            tracker.log_artifact(out / name, "analysis")
-    except BaseException:
-        if owned:
-            tracker.end("FAILED")
-        raise
-    if owned:
-        tracker.end("FINISHED")
+def _log(run, result: dict, sens: Mapping, rope: Mapping, out: Path) -> None:
+    run.log_params({"stage": "analysis", "model": result["model"], "top_k": result["top_k"],
+                    "num_layers": result["num_layers"], "n_perm": result["n_perm"],
+                    "seed": result["seed"], "pooling": sens.get("pooling"),
+                    "rope_factors": rope.get("factors"),
+                    "sensitive_layers": result["sensitive_layers"],
+                    "rope_layers": result["rope_layers"]})
+    run.log_metrics({k: result[k] for k in _METRICS})
+    run.log_series("sensitivity", sens["scores"])
+    run.log_series("rope_influence", rope["scores"])
+    for name in (ANALYSIS_FILE, PROFILES_PNG, RANK_PNG):
+        run.log_artifact(out / name, "analysis")

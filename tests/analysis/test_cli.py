@@ -82,20 +82,24 @@ def test_analyze_cli_bad_input_exit_2_nothing_written(tmp_path, case, match):
     assert not out.exists() and not (tmp_path / "mlruns.db").exists()
 
 
-def test_run_analysis_logs_into_a_callers_open_run(tmp_path, tracking_uri):
+def test_run_analysis_nests_its_run_under_a_callers_open_run(tmp_path, tracking_uri):
     from coloc_ray.analysis.run import run_analysis
     from coloc_ray.tracking import Tracker, read_run
     from coloc_ray.tracking.mlflow_run import metric_history
 
     _, _, sens, rope = _probes(tmp_path)
     with Tracker(tracking_uri, run_name="spine") as t:
+        t.log_params({"top_k": 10, "model": "something-else"})  # the caller's params must not collide
         rec = run_analysis(sens, rope, top_k=4, out_dir=tmp_path / "a", tracker=t, n_perm=200)
-        assert read_run(t.run_id, tracking_uri)["status"] == "RUNNING"  # the caller owns the run
-    run = read_run(t.run_id, tracking_uri)
-    assert run["status"] == "FINISHED" and run["params"]["top_k"] == "4"
+        assert read_run(t.run_id, tracking_uri)["status"] == "RUNNING"  # the caller owns its run
+    child = read_run(rec["mlflow_run_id"], tracking_uri)
+    assert rec["mlflow_run_id"] != t.run_id and child["tags"]["mlflow.parentRunId"] == t.run_id
+    assert child["status"] == "FINISHED" and child["params"]["top_k"] == "4"
     assert rec["sensitive_layers"] == sorted(np.argsort(-np.array(sens["scores"]))[:4].tolist())
-    hist = metric_history(t.run_id, "sensitivity", tracking_uri)
+    hist = metric_history(rec["mlflow_run_id"], "sensitivity", tracking_uri)
     assert [v for _, v in hist] == pytest.approx(sens["scores"])
+    saved = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert saved["mlflow_run_id"] == rec["mlflow_run_id"]
 
 
 @pytest.mark.mlflow_server
