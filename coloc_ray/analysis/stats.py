@@ -129,6 +129,10 @@ def circular_shift_p(x: np.ndarray, y: np.ndarray) -> float:
 
     Two-sided on |r|; the observed alignment counts as one member of the null (+1 correction),
     so p = (1 + #{shifts with |r_s| >= |r_obs|}) / L and the smallest attainable p is 1/L.
+    A shift keeps each profile's own smoothness but breaks a shared monotone trend at the wrap
+    point, so two profiles that merely both trend with depth still get a small p here; the
+    partial correlation (:func:`partial_spearman`) is the stricter depth control, and the
+    interpretation asks for both.
     """
     n = len(x)
     observed = abs(spearman(x, y)[0])
