@@ -159,6 +159,10 @@ def headline(res: dict, labels: dict[str, str]) -> str:
                          + (f" and against A on {len(down)}" if down else "") + ".")
     else:
         parts.append("No A − D comparison: arm " + ("A" if not a else "D") + " has no finished trial.")
+    ranked = sorted((r for r in res["table4"] if r["avg"]["mean"] is not None), key=lambda r: -r["avg"]["mean"])
+    if len(ranked) > 1:
+        parts.append("Ordering by Avg: " + " > ".join(f"{r['arm']} {_pts(r['avg']['mean'])}" for r in ranked)
+                     + " (the paper's prediction for co-localization: A > B, C > D).")
     if a and base:
         da = _sub(a["avg"]["mean"], base["avg"]["mean"])
         above = [b for b in res["benchmarks"] if (a["delta_vs_base"] or {}).get(b) is not None
