@@ -63,7 +63,8 @@ def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages:
     """Run (or skip) the probes and the analysis; returns (sensitivity, rope, probe hash)."""
     if cfg.probes.skip:
         return None, None, "skipped"
-    ph = config_hash({"model": cfg.model, "probes": study["probes"], "k": cfg.layer_sets.k})
+    probe_keys = {k: v for k, v in study["probes"].items() if k != "n_perm"}  # n_perm is the analysis's
+    ph = config_hash({"model": cfg.model, "probes": probe_keys, "k": cfg.layer_sets.k})
 
     def probes(tmp: Path) -> None:
         sens, rope = stages.sensitivity(study), stages.rope_influence(study)

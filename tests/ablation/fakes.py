@@ -1,23 +1,27 @@
 """Fast stand-in stages for the spine tests (module-level: Tune pickles them to trial workers).
 
-``FAKE_SLEEP`` (seconds) sets the fine-tune's cost; every fine-tune appends its trial's run name to the
-file named by ``FAKE_CALLS`` (independent of the spine's own bookkeeping), ``FAKE_FAIL_ONCE`` names a trial
-whose first fine-tune raises (to exercise retries).
+Knobs come through the study's ``training.extra`` (it reaches the fine-tune config; Ray workers do not see
+environment variables set after Ray started): ``fake_sleep`` (seconds) is the fine-tune's cost; every
+fine-tune appends ``<run name> <start> <end>`` to the file ``fake_calls`` (independent of the spine's own
+bookkeeping); ``fake_fail_once`` names a trial whose first fine-tune raises (to exercise retries).
+Driver-side stages count their calls in ``DRIVER_CALLS``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections import Counter
 from pathlib import Path
 
 from coloc_ray.ablation.trial import Stages, eval_config_dict, finetune_config_dict
 
 NUM_LAYERS = 4  # tiny-gqa
+DRIVER_CALLS: Counter = Counter()
 
 
 def sensitivity(study: dict) -> dict:
+    DRIVER_CALLS["sensitivity"] += 1
     scores = [0.1 * (i + 1) for i in range(NUM_LAYERS)]  # rises with depth, like the paper
     return {"model": study["model"], "num_layers": NUM_LAYERS, "scores": scores, "top_k": study["layer_sets"]["k"]}
 
@@ -31,6 +35,8 @@ def rope_influence(study: dict) -> dict:
 def analysis(sens: dict, rope: dict, study: dict, out: Path, tracker) -> dict:
     from scipy.stats import spearmanr
 
+    DRIVER_CALLS["analysis"] += 1
+
     r, p = spearmanr(sens["scores"], rope["scores"])
     rec = {"spearman_r": float(r), "spearman_p": float(p), "num_layers": sens["num_layers"]}
     (out / "analysis.json").write_text(json.dumps(rec))
@@ -42,20 +48,33 @@ def top_k_layers(scores: list, k: int) -> list:
 
 
 def finetune(cfg: dict, out: Path) -> dict:
-    calls = os.environ.get("FAKE_CALLS")
-    if calls:
-        with open(calls, "a") as f:
-            f.write(cfg["run_name"] + "\n")
-    fail = os.environ.get("FAKE_FAIL_ONCE")
-    if fail and cfg["run_name"].startswith(fail + "/") and not Path(calls + ".failed").exists():
-        Path(calls + ".failed").write_text("x")
+    start = time.time()
+    fail = cfg.get("fake_fail_once")
+    marker = Path(str(cfg.get("fake_calls")) + ".failed")
+    if fail and cfg["run_name"].startswith(fail + "/") and not marker.exists():
+        marker.write_text("x")
+        _log_call(cfg, start, "FAILED")
         raise RuntimeError("injected failure")
-    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    time.sleep(float(cfg.get("fake_sleep", 0)))
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"steps": cfg["max_steps"], "final_train_loss": 1.0 / (1 + len(cfg["lora_layers"]))}
     (out / "metrics.json").write_text(json.dumps(metrics))
     (out / "adapter_config.json").write_text(json.dumps({"layers": cfg["lora_layers"]}))
+    _log_call(cfg, start, "OK")
     return metrics
+
+
+def _log_call(cfg: dict, start: float, status: str) -> None:
+    if cfg.get("fake_calls"):
+        with open(cfg["fake_calls"], "a") as f:
+            f.write(f"{cfg['run_name'].split('/')[0]} {start:.3f} {time.time():.3f} {status}\n")
+
+
+def read_calls(path) -> list[tuple[str, float, float, str]]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [(a, float(b), float(c), d) for a, b, c, d in (line.split() for line in p.read_text().splitlines())]
 
 
 def evaluate(cfg: dict, out: Path, tracker) -> dict:
@@ -71,6 +90,7 @@ def evaluate(cfg: dict, out: Path, tracker) -> dict:
 
 
 def report(study_dir: Path) -> dict:
+    DRIVER_CALLS["report"] += 1
     rows = [json.loads(p.read_text()) for p in sorted(Path(study_dir).glob("trials/*/result.json"))]
     out = Path(study_dir) / "report"
     out.mkdir(exist_ok=True)

@@ -1,0 +1,123 @@
+"""The spine on a real local Ray Tune with fake stages: 2 trials at a time, retries, skip by config hash,
+one MLflow child run per trial."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coloc_ray.ablation.spine import run_study
+from coloc_ray.ablation.study_config import StudyConfig
+from coloc_ray.errors import UserError
+from tests.ablation.conftest import mlflow_children, tiny_study_dict
+
+pytestmark = pytest.mark.ray
+
+ARMS = ["A", "B", "D"]
+TRIALS = {"base", "A-t0", "B-c123-t0", "B-c124-t0", "D-c123-t0", "D-c124-t0"}
+
+
+@pytest.fixture(scope="module")
+def study(ray_local, fakes_by_value, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("spine")
+    d = tiny_study_dict(tmp, arms=ARMS)
+    d["training"]["extra"]["fake_fail_once"] = "B-c123-t0"  # first attempt raises, Tune retries it
+    cfg = StudyConfig.model_validate(d)
+    fakes_by_value.DRIVER_CALLS.clear()
+    out = run_study(cfg, stages=fakes_by_value.stages(), echo=False)
+    return {"cfg": cfg, "dir": Path(out["study_dir"]), "out": out, "tmp": tmp, "fakes": fakes_by_value,
+            "driver_calls": dict(fakes_by_value.DRIVER_CALLS)}
+
+
+def _calls(study):
+    return study["fakes"].read_calls(study["tmp"] / "calls.log")
+
+
+def test_every_trial_recorded_with_contract_fields(study):
+    d = study["dir"]
+    assert set(study["out"]["trials"]) == TRIALS
+    sets = json.loads((d / "layersets.json").read_text())
+    assert sets["S"] == [2, 3]  # fake sensitivity rises with depth: top-2 of 4 layers
+    for tid in TRIALS - {"base"}:
+        rec = json.loads((d / "trials" / tid / "result.json").read_text())
+        assert set(rec) >= {"trial_id", "arm", "control_seed", "train_seed", "lora_layers", "garfa_layers",
+                            "finetune", "eval", "items_dir", "wall_s", "gpu_hours", "mlflow_run_id"}
+        R = sets["R"].get(str(rec["control_seed"]))
+        want = {"A": (sets["S"], sets["S"]), "B": (sets["S"], R), "D": (R, R)}[rec["arm"]]
+        assert (rec["lora_layers"], rec["garfa_layers"]) == tuple(want)
+        assert Path(rec["items_dir"], "mmlu.jsonl").is_file()
+    base = json.loads((d / "base" / "result.json").read_text())
+    assert base["eval"]["mmlu"]["score"] == 0.5 and base["finetune"] == {}
+    assert json.loads((d / "study.json").read_text())["control_seeds"] == [123, 124]
+    assert (d / "report" / "report.md").is_file()
+    prog = json.loads((d / "progress.json").read_text())
+    assert {r["trial_id"]: r["state"] for r in prog["trials"]} == {t: "DONE" for t in TRIALS}
+
+
+def test_two_trials_at_a_time_and_a_failed_trial_retried(study):
+    calls = _calls(study)
+    ok = [c for c in calls if c[3] == "OK"]
+    assert sorted(c[0] for c in ok) == sorted(TRIALS - {"base"})  # each fine-tune finished exactly once
+    assert [c[0] for c in calls if c[3] == "FAILED"] == ["B-c123-t0"]
+    assert _peak([(s, e) for _, s, e, _ in ok]) <= 2
+    # whole trials (first start in attempts.log -> result.json written): 2 at once, never 3
+    d = study["dir"]
+    spans = []
+    for tid in TRIALS:
+        tdir = d / ("base" if tid == "base" else f"trials/{tid}")
+        start = float((tdir / "attempts.log").read_text().split()[0])
+        spans.append((start, (tdir / "result.json").stat().st_mtime))
+    assert _peak(spans) == 2
+
+
+def _peak(spans) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    live = peak = 0
+    for _, step in events:
+        live += step
+        peak = max(peak, live)
+    return peak
+
+
+def test_one_finished_mlflow_child_per_trial(study):
+    d, cfg = study["dir"], study["cfg"]
+    parent = (d / "mlflow_run_id").read_text().strip()
+    kids = mlflow_children(cfg.tracking_uri, parent)
+    assert sorted(r.info.run_name for r in kids) == sorted(TRIALS)
+    assert {r.info.status for r in kids} == {"FINISHED"}
+    for r in kids:
+        rec = json.loads((d / ("base" if r.info.run_name == "base" else f"trials/{r.info.run_name}")
+                          / "result.json").read_text())
+        assert rec["mlflow_run_id"] == r.info.run_id
+        assert json.loads(r.data.params["lora_layers"]) == rec["lora_layers"]
+        assert r.data.metrics["mmlu/score"] == rec["eval"]["mmlu"]["score"]
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking_uri=cfg.tracking_uri).get_run(parent).info.status == "FINISHED"
+
+
+def test_rerun_skips_every_done_stage(study, caplog):
+    fakes = study["fakes"]
+    assert study["driver_calls"] == {"sensitivity": 1, "analysis": 1, "report": 1}
+    n_calls = len(_calls(study))
+    fakes.DRIVER_CALLS.clear()
+    caplog.set_level("INFO", logger="coloc_ray.ablation.spine")
+    run_study(study["cfg"], stages=fakes.stages(), echo=False)
+    assert dict(fakes.DRIVER_CALLS) == {}
+    assert len(_calls(study)) == n_calls
+    assert "probes: output for config" in caplog.text and "skipping" in caplog.text
+    # a changed analysis setting re-runs the analysis only (probes and trials depend on other keys)
+    cfg2 = study["cfg"].model_copy(deep=True)
+    cfg2.probes.n_perm = 300
+    run_study(cfg2, stages=fakes.stages(), echo=False)
+    assert dict(fakes.DRIVER_CALLS) == {"analysis": 1}
+    assert len(_calls(study)) == n_calls
+
+
+def test_finished_trials_from_another_config_are_refused(study):
+    cfg2 = study["cfg"].model_copy(deep=True)
+    cfg2.training.lr = 1e-3
+    with pytest.raises(UserError, match="another study config"):
+        run_study(cfg2, stages=study["fakes"].stages(), echo=False)
