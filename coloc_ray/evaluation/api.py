@@ -88,7 +88,7 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
             new run (nested under ``cfg.parent_run_id`` or the adapter's own run) when ``cfg.tracking``.
     """
     from coloc_ray.evaluation.stats import summarize
-    from coloc_ray.io import staged_output, versions, write_json
+    from coloc_ray.io import versions
 
     benches = get_benchmarks(cfg.benchmarks)
     inputs = _inputs(cfg, benches)
@@ -108,7 +108,24 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
                 "wall_s": round(time.time() - t0, 1),
                 "benchmarks": {b.name: {"runner": b.runner, "shots": b.shots, "hub_task": b.hub_task,
                                         "stratum": b.stratum} for b in benches}}
-    out = Path(out_dir)
+    tr, own = _open_tracker(cfg, tracker)
+    resolved["mlflow_run_id"] = tr.run_id if tr is not None else None
+    status = "FAILED"
+    try:
+        _write(Path(out_dir), results, resolved, rows)
+        if tr is not None:
+            _log(tr, cfg, results, resolved, Path(out_dir))
+        status = "FINISHED"
+    finally:
+        if own:
+            tr.end(status)
+    return results
+
+
+def _write(out: Path, results: dict, resolved: dict, rows: dict[str, list[dict]]) -> None:
+    """eval.json, eval_config.json and items/<benchmark>.jsonl, all or nothing."""
+    from coloc_ray.io import staged_output, write_json
+
     with staged_output(out) as stage:
         write_json(stage / "eval.json", results)
         write_json(stage / "eval_config.json", resolved)
@@ -116,8 +133,6 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
         for name, rs in rows.items():
             with open(stage / "items" / f"{name}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rs)
-    _track(cfg, tracker, results, resolved, out)
-    return results
 
 
 def _adapter_run_id(adapter: str | None) -> str | None:
@@ -131,24 +146,23 @@ def _adapter_run_id(adapter: str | None) -> str | None:
     return None
 
 
-def _track(cfg: EvalConfig, tracker, results: dict, resolved: dict, out: Path) -> None:
+def _open_tracker(cfg: EvalConfig, tracker):
+    """(tracker to log into, whether we own it): the caller's, a new run, or (None, False) without tracking."""
+    if tracker is not None:
+        return tracker, False
+    if not cfg.tracking:
+        return None, False
     from coloc_ray.tracking import Tracker
 
-    if tracker is None and not cfg.tracking:
-        return
-    own = tracker is None
-    if own:
-        name = f"eval-{Path(cfg.model).name}" + (f"-{Path(cfg.adapter).name}" if cfg.adapter else "")
-        tracker = Tracker(cfg.tracking_uri, cfg.experiment, run_name=name,
-                          parent_run_id=cfg.parent_run_id or _adapter_run_id(cfg.adapter),
-                          tags={"coloc.stage": "eval"}).start()
-    try:
-        tracker.log_params({"eval": cfg.model_dump()})
-        tracker.log_metrics({f"{b}/{k}": r[k] for b, r in results.items()
-                             for k in ("score", "ci_low", "ci_high", "n")})
-        tracker.log_dict(resolved, "eval/eval_config.json")
-        tracker.log_artifact(out / "eval.json", "eval")
-        tracker.log_artifacts(out / "items", "eval/items")
-    finally:
-        if own:
-            tracker.end()
+    name = f"eval-{Path(cfg.model).name}" + (f"-{Path(cfg.adapter).name}" if cfg.adapter else "")
+    tr = Tracker(cfg.tracking_uri, cfg.experiment, run_name=name,
+                 parent_run_id=cfg.parent_run_id or _adapter_run_id(cfg.adapter), tags={"coloc.stage": "eval"})
+    return tr.start(), True
+
+
+def _log(tracker, cfg: EvalConfig, results: dict, resolved: dict, out: Path) -> None:
+    tracker.log_params({"eval": cfg.model_dump()})
+    tracker.log_metrics({f"{b}/{k}": r[k] for b, r in results.items() for k in ("score", "ci_low", "ci_high", "n")})
+    tracker.log_dict(resolved, "eval/eval_config.json")
+    tracker.log_artifact(out / "eval.json", "eval")
+    tracker.log_artifacts(out / "items", "eval/items")

@@ -41,6 +41,7 @@ def run_tasks(lm, tasks: list[str], *, include_dir: Path | None, num_fewshot: in
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown the run's own log
     # Offline: index only our rendered tasks (indexing lm-eval's thousands of built-in YAMLs costs ~10 s).
     tm = TaskManager(include_path=str(include_dir), include_defaults=False) if include_dir else TaskManager()
     gen_kwargs = {"max_gen_toks": max_gen_toks} if (max_gen_toks and include_dir is None) else None
