@@ -114,7 +114,10 @@ def runtime_env(working_dir: Path, address: str, tracking_uri: str | None = None
     """The job's runtime_env: the code, the excludes, and the env vars the study needs (never the token)."""
     from coloc_ray.raycluster import LOOPBACK_ENV
 
-    env_vars = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    # The driver's ensure_ray() passes its own env_vars to ray.init; Ray refuses to merge a job runtime_env
+    # that sets the same keys unless RAY_OVERRIDE_JOB_RUNTIME_ENV=1 (then the driver's values win, the
+    # working_dir stays).
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
     if urlparse(address).hostname in LOOPBACK_HOSTS:
         env_vars.update(LOOPBACK_ENV)  # a loopback head: its drivers must bind to 127.0.0.1 too
     if tracking_uri:
