@@ -31,7 +31,7 @@ def register(sub) -> None:
     s.add_argument("--pooling", default="mean", help="mean (default) | mean-nosink | last")
     s.add_argument("--sink-multiple", type=float, default=10.0,
                    help="mean-nosink drops tokens whose norm exceeds this multiple of the median (default 10)")
-    s.add_argument("--top-k", type=int, default=10, help="how many top layers to list (default 10)")
+    s.add_argument("--top-k", type=int, default=None, help="how many top layers to list (default min(10, L))")
     _common(s)
     s.set_defaults(func=_sensitivity)
     r = psub.add_parser("rope", help="METHOD 2: loss change when one layer's RoPE frequencies are scaled")
@@ -100,10 +100,15 @@ def _track_and_write(args, result: dict, name: str, series: dict[str, list], par
 
 
 def _sensitivity(args) -> int:
+    # Every check runs before torch/transformers are imported: a user mistake answers in a second.
+    from coloc_ray.probes.checks import check_num_workers, check_pooling, check_top_k, model_ref
     from coloc_ray.probes.pairs import load_pairs
 
     _check_out(args.out)
-    pairs = load_pairs(args.pairs)  # validate the file before torch is even imported
+    pairs = load_pairs(args.pairs)
+    check_pooling(args.pooling, args.sink_multiple)
+    check_num_workers(args.num_workers)
+    check_top_k(args.top_k, model_ref(args.model)[1])
 
     from coloc_ray.probes.api import run_sensitivity
 
@@ -117,20 +122,28 @@ def _sensitivity(args) -> int:
 
 
 def _rope(args) -> int:
-    from coloc_ray.probes.api import run_rope_influence
-    from coloc_ray.probes.rope_influence import factor_key
+    from coloc_ray.probes.checks import check_num_workers, check_rope_args, model_ref
+    from coloc_ray.probes.evaltexts import resolve_eval_texts
 
     _check_out(args.out)
     factors = _parse_floats(args.factor or ["2.0"], "--factor")
-    res = run_rope_influence(args.model, eval_data=args.eval_data, factors=factors,
-                             layers=_parse_layers(args.layers), naive=args.naive, max_len=args.max_len,
-                             num_workers=args.num_workers, address=args.address, num_texts=args.num_texts)
+    layers = _parse_layers(args.layers)
+    check_num_workers(args.num_workers)
+    texts = resolve_eval_texts(args.eval_data, args.num_texts)
+    check_rope_args(factors, layers, model_ref(args.model)[1], args.max_len)
+
+    from coloc_ray.probes.api import run_rope_influence
+    from coloc_ray.probes.rope_influence import factor_key
+
+    res = run_rope_influence(args.model, eval_data=texts, factors=factors, layers=layers, naive=args.naive,
+                             max_len=args.max_len, num_workers=args.num_workers, address=args.address)
+    res["eval_data"] = args.eval_data or "default: seeded 2 % held-out slice of CodeAlpaca 2k + GSM8K train"
     series = {"rope_influence": res["scores"],
               **{f"rope_loss.f{factor_key(f)}": res["losses"][factor_key(f)] for f in res["factors"]}}
-    params = {"eval_data": args.eval_data, "factors": res["factors"], "layers": res["layers"], "naive": args.naive,
-              "max_len": args.max_len, "num_texts": res["num_texts"], "num_workers": args.num_workers,
-              "address": args.address}
+    params = {"eval_data": res["eval_data"], "factors": res["factors"], "layers": res["layers"],
+              "naive": args.naive, "max_len": args.max_len, "num_texts": res["num_texts"],
+              "num_workers": args.num_workers, "address": args.address}
     _track_and_write(args, res, "rope", series, params, {"rope_base_loss": res["base_loss"]})
-    print(f"base loss {res['base_loss']:.4f}; most RoPE-influential layer: "
-          f"{max(range(len(res['scores'])), key=lambda i: (res['scores'][i], -i))}")
+    top = max(range(len(res["scores"])), key=lambda i: (res["scores"][i], -i))
+    print(f"base loss {res['base_loss']:.4f}; most RoPE-influential layer: {top}")
     return 0

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Sequence
 
@@ -17,25 +16,10 @@ from coloc_ray.errors import UserError
 from coloc_ray.probes.evaltexts import resolve_eval_texts
 from coloc_ray.probes.pairs import MinimalPair, load_pairs
 from coloc_ray.probes.rope_influence import influence_profile, rope_layer_losses
-from coloc_ray.probes.sensitivity import aggregate, check_pooling, pair_deltas, top_k_layers
+from coloc_ray.probes.checks import check_num_workers, check_pooling, check_rope_args, check_top_k, model_ref
+from coloc_ray.probes.sensitivity import aggregate, pair_deltas, top_k_layers
 
 log = logging.getLogger(__name__)
-
-
-def _model_ref(model) -> tuple[str, int]:
-    """(spec Ray workers can load, number of layers) without loading weights for a string spec."""
-    if isinstance(model, str):
-        from transformers import AutoConfig
-
-        from coloc_ray.models import resolve_model_dir
-
-        path, extra = resolve_model_dir(model)
-        try:
-            cfg = AutoConfig.from_pretrained(path, **extra)
-        except OSError as e:
-            raise UserError(f"--model {model!r}: cannot read its config ({str(e).splitlines()[0]})") from None
-        return model, int(cfg.num_hidden_layers)
-    return model.spec, int(model.info.num_layers)
 
 
 def _loaded(model):
@@ -47,9 +31,8 @@ def _loaded(model):
 
 
 def _num_workers(num_workers: int | None, address: str | None) -> int:
+    check_num_workers(num_workers)
     if num_workers is not None:
-        if num_workers < 0:
-            raise UserError(f"--num-workers {num_workers}: use 0 (no Ray) or a positive number of Ray tasks")
         return num_workers
     import ray
 
@@ -73,7 +56,7 @@ def _resolve_pairs(pairs) -> list[MinimalPair]:
     return out
 
 
-def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: float = 10.0, top_k: int = 10,
+def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: float = 10.0, top_k: int | None = 10,
                     num_workers: int | None = None, address: str | None = None) -> dict:
     """Correctness-differential sensitivity per layer (METHOD 1) = ``sensitivity.json``.
 
@@ -81,7 +64,8 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
         model: a ``--model`` spec or a :class:`~coloc_ray.models.LoadedModel` (fp32).
         pairs: None (the shipped 15), a JSONL path, or a list of MinimalPair / dicts.
         pooling: ``mean`` | ``mean-nosink`` | ``last``; ``sink_multiple`` applies to ``mean-nosink``.
-        top_k: how many layers ``top_layers`` lists (ties to the lower index).
+        top_k: how many layers ``top_layers`` lists (ties to the lower index); the default 10 (or None)
+            becomes ``min(10, L)`` on a shallower model, an explicit k outside 1..L is a UserError.
         num_workers, address: see the module docstring.
 
     Returns:
@@ -90,9 +74,8 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
     """
     check_pooling(pooling, sink_multiple)
     plist = _resolve_pairs(pairs)
-    ref, num_layers = _model_ref(model)
-    if not 1 <= top_k <= num_layers:
-        raise UserError(f"--top-k {top_k}: must be between 1 and the model's {num_layers} layers")
+    ref, num_layers = model_ref(model)
+    top_k = check_top_k(None if top_k == 10 else top_k, num_layers)
     workers = _num_workers(num_workers, address)
     t0 = time.time()
     if workers == 0:
@@ -110,21 +93,6 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
         "pair_domains": {p.id: p.domain for p in plist}, "num_pairs": len(plist), "num_workers": workers,
         "wall_s": round(time.time() - t0, 3),
     }
-
-
-def _check_rope_args(factors: Sequence[float], layers, num_layers: int, max_len: int) -> tuple[list, list]:
-    facs = [float(f) for f in factors]
-    if not facs or any(not math.isfinite(f) or f <= 0 for f in facs):
-        raise UserError(f"--factor {list(factors)}: give one or more finite factors > 0 (e.g. --factor 2.0)")
-    if len(set(facs)) != len(facs):
-        raise UserError(f"--factor {facs}: each factor once")
-    if max_len < 2:
-        raise UserError(f"--max-len {max_len}: must be >= 2 (the loss predicts token t+1 from token t)")
-    lays = list(range(num_layers)) if layers is None else [int(l) for l in layers]
-    bad = [l for l in lays if not 0 <= l < num_layers]
-    if not lays or bad or len(set(lays)) != len(lays):
-        raise UserError(f"--layers {lays}: give distinct layer indices in 0..{num_layers - 1}")
-    return facs, sorted(lays)
 
 
 def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,), layers=None, naive: bool = False,
@@ -146,8 +114,8 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
         naive, max_len, num_texts, num_tokens, num_workers, wall_s``.
     """
     texts = resolve_eval_texts(eval_data, num_texts)
-    ref, num_layers = _model_ref(model)
-    facs, lays = _check_rope_args(factors, layers, num_layers, max_len)
+    ref, num_layers = model_ref(model)
+    facs, lays = check_rope_args(factors, layers, num_layers, max_len)
     workers = _num_workers(num_workers, address)
     t0 = time.time()
     if workers == 0:

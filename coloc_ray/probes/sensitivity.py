@@ -15,20 +15,10 @@ import torch
 
 from coloc_ray.errors import UserError
 from coloc_ray.models import decoder_layers, unwrap_model
+from coloc_ray.probes.checks import POOLINGS, check_pooling
 from coloc_ray.probes.pairs import MinimalPair, domains_of
 
 log = logging.getLogger(__name__)
-
-POOLINGS = ("mean", "mean-nosink", "last")
-
-
-def check_pooling(pooling: str, sink_multiple: float) -> None:
-    """UserError for an unknown pooling or a sink multiple that is not > 1."""
-    if pooling not in POOLINGS:
-        raise UserError(f"--pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-    if not sink_multiple > 1.0:
-        raise UserError(f"--sink-multiple {sink_multiple!r}: must be > 1 (a multiple of the median token norm)")
-
 
 def tokenize_right(tokenizer, texts: Sequence[str], max_len: int | None = None) -> dict:
     """Right-padded batch: real tokens keep positions 0..n-1 and never attend to padding (causal)."""

@@ -1,0 +1,76 @@
+"""Argument checks shared by the probe API and CLI; torch-free, so a user mistake costs no heavy import."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from coloc_ray.errors import UserError
+
+POOLINGS = ("mean", "mean-nosink", "last")
+
+
+def check_pooling(pooling: str, sink_multiple: float) -> None:
+    """UserError for an unknown pooling or a sink multiple that is not > 1."""
+    if pooling not in POOLINGS:
+        raise UserError(f"--pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    if not sink_multiple > 1.0:
+        raise UserError(f"--sink-multiple {sink_multiple!r}: must be > 1 (a multiple of the median token norm)")
+
+
+def check_top_k(top_k: int | None, num_layers: int, default: int = 10) -> int:
+    """The k to use: ``None`` means ``min(default, L)``; an explicit k outside 1..L is a UserError."""
+    if top_k is None:
+        return min(default, num_layers)
+    if not 1 <= top_k <= num_layers:
+        raise UserError(f"--top-k {top_k}: must be between 1 and the model's {num_layers} layers")
+    return top_k
+
+
+def check_rope_args(factors: Sequence[float], layers, num_layers: int, max_len: int) -> tuple[list, list]:
+    """Validated ``(factors, sorted layers)``; ``layers=None`` means every layer."""
+    facs = [float(f) for f in factors]
+    if not facs or any(not math.isfinite(f) or f <= 0 for f in facs):
+        raise UserError(f"--factor {list(factors)}: give one or more finite factors > 0 (e.g. --factor 2.0)")
+    if len(set(facs)) != len(facs):
+        raise UserError(f"--factor {facs}: each factor once")
+    if max_len < 2:
+        raise UserError(f"--max-len {max_len}: must be >= 2 (the loss predicts token t+1 from token t)")
+    lays = list(range(num_layers)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in lays if not 0 <= l < num_layers]
+    if not lays or bad or len(set(lays)) != len(lays):
+        raise UserError(f"--layers {lays}: give distinct layer indices in 0..{num_layers - 1}")
+    return facs, sorted(lays)
+
+
+def model_ref(model) -> tuple[str, int]:
+    """(spec Ray workers can load, number of decoder layers), reading only the model's config.
+
+    A local directory's ``config.json`` is read as JSON (no transformers import); GGUF files and hub ids
+    go through ``AutoConfig``.
+    """
+    if not isinstance(model, str):  # a LoadedModel
+        return model.spec, int(model.info.num_layers)
+    from coloc_ray.models import resolve_model_dir
+
+    path, extra = resolve_model_dir(model)
+    cfg_file = Path(path) / "config.json"
+    if not extra and cfg_file.is_file():
+        cfg = json.loads(cfg_file.read_text())
+        layers = cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers")
+        if layers:
+            return model, int(layers)
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, **extra)
+    except OSError as e:
+        raise UserError(f"--model {model!r}: cannot read its config ({str(e).splitlines()[0]})") from None
+    return model, int(cfg.num_hidden_layers)
+
+
+def check_num_workers(num_workers: int | None) -> None:
+    if num_workers is not None and num_workers < 0:
+        raise UserError(f"--num-workers {num_workers}: use 0 (no Ray) or a positive number of Ray tasks")
