@@ -206,13 +206,15 @@ def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], An
         adapter = str(out / "adapter") if spec["arm"] != "base" else None
         ev = stages.evaluate(stages.eval_config(ctx["study"], adapter, spec), out / "eval", tracker)
         rec = _record(spec, ctx, out, ft, ev, time.time() - t0, tracker.run_id)
-        (out / ".done").write_text(spec.get("config_hash", ""))  # which config; meaningless without RESULT
-        write_json(out / RESULT, rec)  # the trial's done marker: written last, atomically
         _log_result(tracker, rec, out)
     except BaseException:
         tracker.end("FAILED")
         raise
+    # Run FINISHED before the result exists: a kill in between re-runs the trial (same run), never the reverse
+    # (a result whose run stays RUNNING forever).
     tracker.end("FINISHED")
+    (out / ".done").write_text(spec.get("config_hash", ""))  # which config; meaningless without RESULT
+    write_json(out / RESULT, rec)  # the trial's done marker: written last, atomically
     report({"phase": "done", "step": ft.get("steps", 0), "loss": ft.get("final_train_loss"),
             **{f"score/{b}": v.get("score") for b, v in ev.items() if isinstance(v, dict)}})
     return rec
