@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,7 +21,6 @@ from coloc_ray.errors import UserError
 from coloc_ray.garfa.core import GARFA_C, GarfaScalers, key_cos_sin, key_inv_freq, rotate_half
 
 SUBMODULE = "garfa_scalers"
-_NO_FORWARD = object()  # marks "the instance had no forward of its own" (the usual case)
 
 # model_type -> extra kwargs the family's own attention passes to its attention interface.
 GARFA_FAMILIES: dict[str, Callable[[nn.Module], dict]] = {}
@@ -46,7 +45,7 @@ class _GarfaLink:
     rotary: nn.Module
     extra_kwargs: dict
     eager: Callable
-    original_forward: Any = field(default=_NO_FORWARD)
+    original_forward: Any = None  # the instance's own ``forward`` before patching; None: it had none (usual)
 
     def key_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # Recomputed every forward, with grad: rho changes each optimizer step. The rotary module's inv_freq
@@ -55,6 +54,17 @@ class _GarfaLink:
         inv = key_inv_freq(self.rotary.inv_freq, alpha)
         scaling = float(getattr(self.rotary, "attention_scaling", 1.0) or 1.0)
         return key_cos_sin(inv, positions, scaling, dtype)
+
+
+class _PatchedForward:
+    """The patched ``forward`` of one attention module: a picklable callable (a bound method of a function
+    that is not an attribute of the class would not survive ``pickle``)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        return _garfa_attention_forward(self.module, *args, **kwargs)
 
 
 def _key_positions(module: nn.Module, hidden_states: torch.Tensor, past_key_values, kwargs: dict) -> torch.Tensor:
@@ -69,7 +79,7 @@ def _key_positions(module: nn.Module, hidden_states: torch.Tensor, past_key_valu
 
 def _garfa_attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None,
                              attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
-    """HF Llama-layout attention with per-KV-head GARFA key rotation (bound to the attention module)."""
+    """HF Llama-layout attention with per-KV-head GARFA key rotation (``self`` is the attention module)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     link: _GarfaLink = self._garfa_link
@@ -152,10 +162,9 @@ def apply_garfa(model: nn.Module, layers: Sequence[int], c: float = GARFA_C) -> 
     for row, idx in enumerate(layers):
         attn = blocks[idx].self_attn
         eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward")
-        link = _GarfaLink(scalers, row, rotary, GARFA_FAMILIES[mtype](attn), eager,
-                          attn.__dict__.get("forward", _NO_FORWARD))
+        link = _GarfaLink(scalers, row, rotary, GARFA_FAMILIES[mtype](attn), eager, attn.__dict__.get("forward"))
         attn._garfa_link = link
-        attn.forward = _garfa_attention_forward.__get__(attn, type(attn))
+        attn.forward = _PatchedForward(attn)
     base.add_module(SUBMODULE, scalers)
     return scalers
 
@@ -182,7 +191,7 @@ def remove_garfa(model: nn.Module) -> GarfaScalers | None:
         link = attn.__dict__.pop("_garfa_link", None)
         if link is None:
             continue
-        if link.original_forward is _NO_FORWARD:
+        if link.original_forward is None:
             del attn.forward
         else:
             attn.forward = link.original_forward

@@ -42,6 +42,24 @@ def test_remove_restores_an_instance_forward_override(tiny_model):
     assert attn.__dict__["forward"] is custom
 
 
+def test_patched_model_survives_deepcopy_and_pickle(tiny_model, ids):
+    import copy
+    import pickle
+
+    model = sharpen(tiny_model())
+    scalers = apply_garfa(model, [0, 2])
+    with torch.no_grad():
+        scalers.rho.fill_(0.8)
+        ref = model(ids).logits
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        link = decoder_layers(clone)[2].self_attn._garfa_link
+        assert get_garfa(clone) is link.scalers and link.scalers is not scalers
+        with torch.no_grad():
+            assert torch.equal(clone(ids).logits, ref)
+        remove_garfa(clone)
+        assert all("forward" not in b.self_attn.__dict__ for b in decoder_layers(clone))
+
+
 def test_scalers_are_registered_and_sorted(tiny_model):
     model = tiny_model()
     s = apply_garfa(model, [3, 0], c=0.5)
