@@ -105,8 +105,9 @@ def run_finetune(cfg, out_dir: str | Path, address: Optional[str] = None, *, fau
                            ray_run=str(Path(storage) / name))
             write_json(stage / "metrics.json", metrics)
             write_json(stage / "config.json", cfg.model_dump(mode="json"))
-        tracker.log_metrics({k: metrics[k] for k in ("final_train_loss", "final_eval_loss", "tokens_per_s")
-                             if metrics.get(k) is not None}, step=metrics["steps"])
+        tracker.log_metrics({"final_train_loss": metrics["final_train_loss"],
+                             "final_eval_loss": metrics["final_eval_loss"],
+                             "final_tokens_per_s": metrics["tokens_per_s"]}, step=metrics["steps"])
         for n in sorted(set(names)):
             tracker.log_artifact(out / n, "adapter")
     log.info("fine-tune done: %d steps, final train loss %.4f, eval loss %.4f -> %s", metrics["steps"],
