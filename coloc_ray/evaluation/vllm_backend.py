@@ -57,8 +57,12 @@ def vllm_python() -> Path | None:
 def run_jobs(jobs: list[dict], timeout: float | None = None) -> list[dict]:
     """Run generation jobs one engine each; in-process if vLLM imports here, else in the vllm venv.
 
+    A job is ``generate_vllm``'s arguments as a dict; ``lora_passes`` (default ``[True]``) asks for one
+    generation per entry on the same engine, with (True) or without (False) the job's PEFT adapter.
+
     Returns:
-        Per job: ``{"texts", "token_ids", "load_s", "gen_s", "new_tokens"}``.
+        Per job: ``{"texts", "token_ids", "gen_s", "new_tokens", "lora"}`` of its first pass, plus ``load_s``
+        and ``passes`` (that dict for every pass).
     """
     jobs = [_resolve(j) for j in jobs]
     if importlib.util.find_spec("vllm") is not None:
@@ -137,8 +141,7 @@ def _max_lora_rank(adapter: Path) -> int:
 
 def _run_inprocess(jobs: list[dict]) -> list[dict]:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM-CPU's default would take far more
-    from vllm import LLM, SamplingParams
-    from vllm.lora.request import LoRARequest
+    from vllm import LLM
 
     results = []
     for job in jobs:
@@ -146,16 +149,26 @@ def _run_inprocess(jobs: list[dict]) -> list[dict]:
         kw = engine_kwargs(job)
         llm = LLM(**kw)
         load_s = time.perf_counter() - t0
-        lora = LoRARequest("adapter", 1, job["adapter_dir"]) if kw.get("enable_lora") else None
-        params = SamplingParams(temperature=0.0, max_tokens=job["max_new_tokens"], stop=job.get("stop"))
-        t1 = time.perf_counter()
-        outs = llm.generate(job["prompts"], params, lora_request=lora, use_tqdm=False)
-        gen_s = time.perf_counter() - t1
-        ids = [list(o.outputs[0].token_ids) for o in outs]
-        results.append({"texts": [o.outputs[0].text for o in outs], "token_ids": ids, "load_s": load_s,
-                        "gen_s": gen_s, "new_tokens": sum(len(x) for x in ids)})
+        # A job may ask for several passes on one engine (tests: the same engine with and without LoRA).
+        passes = [_generate(llm, job, lora and kw.get("enable_lora", False))
+                  for lora in job.get("lora_passes", [True])]
+        results.append({**passes[0], "load_s": load_s, "passes": passes})
         _shutdown(llm)
     return results
+
+
+def _generate(llm, job: dict, lora: bool) -> dict:
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    params = SamplingParams(temperature=0.0, max_tokens=job["max_new_tokens"], stop=job.get("stop"))
+    request = LoRARequest("adapter", 1, job["adapter_dir"]) if lora else None
+    t = time.perf_counter()
+    outs = llm.generate(job["prompts"], params, lora_request=request, use_tqdm=False)
+    gen_s = time.perf_counter() - t
+    ids = [list(o.outputs[0].token_ids) for o in outs]
+    return {"lora": bool(lora), "texts": [o.outputs[0].text for o in outs], "token_ids": ids, "gen_s": gen_s,
+            "new_tokens": sum(len(x) for x in ids)}
 
 
 def _shutdown(llm) -> None:
