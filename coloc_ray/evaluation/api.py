@@ -84,8 +84,9 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
     Args:
         cfg: the validated config.
         out_dir: where eval.json, items/ and eval_config.json go (nothing is written on failure).
-        tracker: an open :class:`coloc_ray.tracking.Tracker` to log into (a study trial's run); None: a
-            new run (nested under ``cfg.parent_run_id`` or the adapter's own run) when ``cfg.tracking``.
+        tracker: an open :class:`coloc_ray.tracking.Tracker` (a study trial's run): the eval is logged in a
+            child run of it. None: a new run (nested under ``cfg.parent_run_id`` or the adapter's own run)
+            when ``cfg.tracking``.
     """
     from coloc_ray.evaluation.stats import summarize
     from coloc_ray.io import versions
@@ -148,8 +149,8 @@ def _adapter_run_id(adapter: str | None) -> str | None:
 
 def _open_tracker(cfg: EvalConfig, tracker):
     """(tracker to log into, whether we own it): the caller's, a new run, or (None, False) without tracking."""
-    if tracker is not None:
-        return tracker, False
+    if tracker is not None:  # a caller's run (a study trial): nest a child, so eval params never collide
+        return tracker.child("eval", tags={"coloc.stage": "eval"}).start(), True
     if not cfg.tracking:
         return None, False
     from coloc_ray.tracking import Tracker
