@@ -188,7 +188,8 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
                             storage_path=cfg.storage_path or study_dir / "tune", name=f"{cfg.name}-{int(time.time())}",
                             max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures)
         by_id = {s["trial_id"]: s for s in specs}
-        failed = {t: st for t, st in status.items() if not (trial_dir(study_dir, by_id[t]) / RESULT).is_file()}
+        failed = {t: (st if st != "DONE" else "stopped before it finished") for t, st in status.items()
+                  if not (trial_dir(study_dir, by_id[t]) / RESULT).is_file()}
         if failed:
             raise StudyIncomplete(f"{len(failed)} trial(s) failed: " + "; ".join(f"{t}: {st}" for t, st in failed.items())
                                   + f". `coloc resume {study_dir}` runs just those again")

@@ -79,11 +79,20 @@ def _stages():
 
 
 def _run(args) -> int:
-    from coloc_ray.ablation.spine import run_study
     from coloc_ray.ablation.study_config import load_study
 
     cfg = load_study(args.study)
-    out = run_study(cfg, args.out, address=args.address, stages=_stages())
+    return _finish(cfg, args.out, args.address)
+
+
+def _finish(cfg, study_dir, address) -> int:
+    from coloc_ray.ablation.spine import StudyIncomplete, run_study
+
+    try:
+        out = run_study(cfg, study_dir, address=address, stages=_stages())
+    except StudyIncomplete as e:
+        print(f"coloc: study {cfg.name} incomplete: {e}", file=sys.stderr)
+        return 1
     print(f"study {cfg.name}: {len(out['trials'])} trials done; results in {out['study_dir']}")
     return 0
 
@@ -91,7 +100,6 @@ def _run(args) -> int:
 def _resume(args) -> int:
     from pathlib import Path
 
-    from coloc_ray.ablation.spine import run_study
     from coloc_ray.ablation.study_config import StudyConfig
     from coloc_ray.errors import UserError
     from coloc_ray.io import read_json
@@ -100,6 +108,4 @@ def _resume(args) -> int:
     if not p.is_file():
         raise UserError(f"{args.study_dir}: no study.json here; pass the directory `coloc run` created")
     cfg = StudyConfig.model_validate(read_json(p))
-    out = run_study(cfg, args.study_dir, address=args.address, stages=_stages())
-    print(f"study {cfg.name}: {len(out['trials'])} trials done; results in {out['study_dir']}")
-    return 0
+    return _finish(cfg, args.study_dir, args.address)
