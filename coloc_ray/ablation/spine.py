@@ -44,19 +44,35 @@ def _stage(out: Path, h: str, what: str, fn: Callable[[Path], None]) -> bool:
 
 def _parent_tracker(cfg: StudyConfig, study_dir: Path):
     """The study's MLflow parent run; a resumed study continues the same run."""
-    from coloc_ray.tracking import Tracker, ensure_experiment
+    from coloc_ray.ablation.trial import open_run
+    from coloc_ray.tracking import ensure_experiment
 
     ensure_experiment(cfg.tracking_uri, cfg.experiment_name)  # in the driver: trials creating it would race
     rid = study_dir / "mlflow_run_id"
-    tr = Tracker(cfg.tracking_uri, cfg.experiment_name, run_name=cfg.name, tags={"coloc.study": cfg.name},
-                 run_id=rid.read_text().strip() if rid.is_file() else None).start()
-    if not rid.is_file():
+    old = rid.read_text().strip() if rid.is_file() else None
+    tr = open_run(cfg.tracking_uri, cfg.experiment_name, cfg.name, None, {"coloc.study": cfg.name}, old)
+    if tr.run_id != old:
         rid.write_text(tr.run_id)
         tr.log_params(cfg.resolved())
         from coloc_ray.io import versions
 
         tr.log_dict(versions(), "versions.json")
     return tr
+
+
+def resolve_paths(cfg: StudyConfig) -> StudyConfig:
+    """Pin the tracking store and file paths to absolute ones: Tune trials run in their own working dirs."""
+    from coloc_ray.tracking import default_tracking_uri
+
+    uri = cfg.tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    cfg = cfg.model_copy(deep=True, update={"tracking_uri": uri})
+    for key in ("pairs", "eval_data"):
+        v = getattr(cfg.probes, key)
+        if v is not None and Path(v).expanduser().exists():
+            setattr(cfg.probes, key, str(Path(v).expanduser().resolve()))
+    return cfg
 
 
 def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages: Stages, tracker) -> tuple:
@@ -162,7 +178,8 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     from coloc_ray.raycluster import ensure_ray
 
     stages = stages or real_stages()
-    study_dir = Path(study_dir or cfg.study_dir())
+    study_dir = Path(study_dir or cfg.study_dir()).resolve()
+    cfg = resolve_paths(cfg)
     errs = validate_study(cfg)
     if errs:
         raise UserError("\n".join(errs))

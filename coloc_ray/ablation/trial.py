@@ -160,17 +160,30 @@ def is_done(study_dir: str | Path, spec: dict) -> bool:
 
 def _tracker(ctx: dict, spec: dict, out: Path):
     """The trial's nested MLflow run, resumed (same run id) if an earlier attempt created it."""
-    from coloc_ray.tracking import Tracker
-
     rid_file = out / RUN_ID_FILE
     run_id = rid_file.read_text().strip() if rid_file.is_file() else None
     tags = {"coloc.study": ctx["study"]["name"], "coloc.arm": spec["arm"], "coloc.trial_id": spec["trial_id"]}
-    tr = Tracker(ctx.get("tracking_uri"), ctx["experiment"], run_name=spec["trial_id"],
-                 parent_run_id=ctx.get("parent_run_id"), tags=tags, run_id=run_id,
-                 enabled=ctx.get("tracking", True)).start()
-    if tr.enabled and run_id is None:
+    tr = open_run(ctx.get("tracking_uri"), ctx["experiment"], spec["trial_id"], ctx.get("parent_run_id"), tags,
+                  run_id, enabled=ctx.get("tracking", True))
+    if tr.enabled and tr.run_id != run_id:
         rid_file.write_text(tr.run_id)
     return tr
+
+
+def open_run(uri, experiment: str, name: str, parent: str | None, tags: dict, run_id: str | None,
+             enabled: bool = True):
+    """Start (or continue, when ``run_id`` still exists in this store) an MLflow run."""
+    from coloc_ray.tracking import Tracker
+
+    if run_id is not None and enabled:
+        tr = Tracker(uri, experiment, run_name=name, parent_run_id=parent, tags=tags, run_id=run_id).start()
+        try:
+            tr.set_tags({"coloc.resumed": "true"})  # also checks the run exists in this store
+            return tr
+        except Exception as e:  # a run id from another store (tracking_uri changed): start afresh
+            log.warning("MLflow run %s not found in %s (%s); starting a new run", run_id, uri,
+                        str(e).splitlines()[0])
+    return Tracker(uri, experiment, run_name=name, parent_run_id=parent, tags=tags, enabled=enabled).start()
 
 
 def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], Any] | None = None) -> dict:
