@@ -1,6 +1,6 @@
 """The reversible HF attention patch: keys of KV head g rotate with GARFA's frequencies (METHOD 5).
 
-``apply_garfa`` replaces the bound ``forward`` of the chosen layers' attention modules with
+``apply_garfa`` replaces the ``forward`` of the chosen layers' attention modules with
 :func:`_garfa_attention_forward`, a copy of the HF Llama / Qwen2 / Mistral attention (transformers 5.19) whose only
 change is the key rotation. Everything else is the module's own: its q/k/v/o projections (so PEFT LoRA stays in
 the forward), the attention interface it dispatches to (eager, sdpa, flash, ...), the KV-cache update and the
@@ -52,7 +52,7 @@ class _GarfaLink:
         # is read now, not at patch time, so dynamic rope types that update it per forward are followed.
         alpha = self.scalers.alpha()[self.row]
         inv = key_inv_freq(self.rotary.inv_freq, alpha)
-        scaling = float(getattr(self.rotary, "attention_scaling", 1.0) or 1.0)
+        scaling = float(getattr(self.rotary, "attention_scaling", 1.0))
         return key_cos_sin(inv, positions, scaling, dtype)
 
 

@@ -130,3 +130,15 @@ def test_peft_lora_stays_in_the_forward(tiny_model, ids):
     assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
     frozen = [p for n, p in model.named_parameters() if "lora_" not in n and "garfa" not in n]
     assert all(not p.requires_grad for p in frozen)
+
+
+def test_bf16_model_init_parity_and_fp32_rho(ids):
+    """bf16 weights (GPU training): tables are built in fp32 like HF's and cast to the key dtype."""
+    model = sharpen(build_tiny_cfg("llama", impl="sdpa")).to(torch.bfloat16)
+    ref = _logits(model, ids)
+    scalers = apply_garfa(model, [0, 2])
+    assert scalers.rho.dtype == torch.float32
+    assert torch.equal(_logits(model, ids), ref)
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert (scalers.rho.grad != 0).all()
