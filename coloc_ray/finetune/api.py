@@ -8,6 +8,7 @@ in the driver, so a worker-group restart keeps logging into the same run.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -84,6 +85,8 @@ def run_finetune(cfg, out_dir: str | Path, address: Optional[str] = None, *, fau
     validate(cfg)
     out = Path(out_dir).resolve()
     name = cfg.run_name or f"finetune-{config_hash(cfg.model_dump(mode='json'))}"
+    # Ray Train's run name is a directory under storage_path: no separators (study trials pass "t/finetune").
+    ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
     storage = str(Path(cfg.storage_path).resolve()) if cfg.storage_path else str(out / ".train")
     uri = cfg.tracking_uri or default_tracking_uri()
     ensure_ray(address)
@@ -91,7 +94,7 @@ def run_finetune(cfg, out_dir: str | Path, address: Optional[str] = None, *, fau
     with Tracker(uri, cfg.experiment, run_name=name, parent_run_id=cfg.parent_run_id,
                  tags={"stage": "finetune", "model": cfg.model}, enabled=cfg.tracking) as tracker:
         _log_params(tracker, cfg)
-        result = build_trainer(cfg, storage, name, uri if cfg.tracking else None, tracker.run_id, fault).fit()
+        result = build_trainer(cfg, storage, ray_name, uri if cfg.tracking else None, tracker.run_id, fault).fit()
         if result.error is not None:
             _raise_user_error(result.error)
             raise result.error
@@ -102,7 +105,7 @@ def run_finetune(cfg, out_dir: str | Path, address: Optional[str] = None, *, fau
                 names.append(item.name)
             metrics = dict(result.return_value or {})
             metrics.update(driver_wall_s=time.perf_counter() - t0, mlflow_run_id=tracker.run_id,
-                           ray_run=str(Path(storage) / name))
+                           ray_run=str(Path(storage) / ray_name))
             write_json(stage / "metrics.json", metrics)
             write_json(stage / "config.json", cfg.model_dump(mode="json"))
         tracker.log_metrics({"final_train_loss": metrics["final_train_loss"],
