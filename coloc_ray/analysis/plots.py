@@ -51,7 +51,7 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
     ax.scatter(ks, s[ks], s=46, color=SENS_COLOR, zorder=3, label=f"top-{len(ks)} S")
     ax.scatter(kr, r[kr], s=46, marker="s", color=ROPE_COLOR, zorder=3, label=f"top-{len(kr)} I")
     both = sorted(set(ks) & set(kr))
-    for layer in both:  # shared layers: the co-localized ones, ringed so they stand out
+    for layer in both:  # shared layers (the co-localized ones): a dotted line so they stand out
         ax.axvline(layer, color="0.6", ls=":", lw=1)
     ax.set_xlabel("layer (depth)")
     ax.set_ylabel("min-max normalized score")
