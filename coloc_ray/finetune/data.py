@@ -96,7 +96,12 @@ def _read_offline(path: Path) -> list[dict]:
 def _read_hub(spec: DatasetSpec, seed: int) -> tuple[str, list[dict]]:
     import datasets  # lazy: only the online path needs it
 
-    ds = datasets.load_dataset(spec.location, split="train").shuffle(seed=seed)
+    try:
+        ds = datasets.load_dataset(spec.location, split="train").shuffle(seed=seed)
+    except Exception as e:  # offline, gated, renamed: the user's fix is the same
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"data.source=hub: cannot load {spec.location!r} ({first}); go online or use "
+                        "data.source offline") from None
     n = min(spec.hub_records or len(ds), len(ds))
     return spec.location, [ds[i] for i in range(n)]
 

@@ -76,3 +76,11 @@ def test_sharded_order_partitions_each_epoch_and_is_a_function_of_position():
     assert fresh.batch(7) == a.batch(7) and a.batch(6) != a.batch(0)  # a new epoch reshuffles
     with pytest.raises(UserError, match="batch"):
         D.ShardedOrder(3, batch_size=4, seed=0)
+
+
+def test_hub_source_offline_is_a_user_error(monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="data.source=hub: cannot load 'sahil2801/CodeAlpaca-20k'"):
+        D.load_messages(DataConfig(source="hub", datasets=["codealpaca-20k"]))
