@@ -78,6 +78,8 @@ def test_tiny_study_runs_as_a_ray_job(ray_head, tmp_path):
     assert job_id in lst.stdout and "tiny_test" in lst.stdout
     logs = run_cli("logs", job_id, *args, env=env, timeout=120)
     assert logs.returncode == 0 and "tiny_test" in logs.stdout
+    follow = run_cli("logs", job_id, "--follow", *args, env=env, timeout=120)  # a finished job: streams, then ends
+    assert follow.returncode == 0 and "tiny_test" in follow.stdout
 
     # MLflow: one study run, and every trial's recorded run nested under it.
     client = MlflowClient(uri)
