@@ -149,11 +149,10 @@ def _trial_ctx(cfg: StudyConfig, study: dict, study_dir: Path, parent_run_id: st
             "gpus": r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker, "threads": max(1, round(cpus))}
 
 
-def _check_resources(cfg: StudyConfig, sens) -> None:
+def _check_resources(cfg: StudyConfig) -> None:
     import ray
 
-    L = sens["num_layers"] if sens else None
-    errs = validate_study(cfg, cluster_resources=ray.cluster_resources(), num_layers=L)
+    errs = validate_study(cfg, cluster_resources=ray.cluster_resources(), stage_configs=False)
     if errs:
         raise UserError("\n".join(errs))
 
@@ -177,10 +176,11 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     from coloc_ray.ablation.tune_trials import run_trials
     from coloc_ray.raycluster import ensure_ray
 
+    real = stages is None
     stages = stages or real_stages()
     study_dir = Path(study_dir or cfg.study_dir()).resolve()
     cfg = resolve_paths(cfg)
-    errs = validate_study(cfg)
+    errs = validate_study(cfg, stage_configs=real)
     if errs:
         raise UserError("\n".join(errs))
     study = cfg.resolved()
@@ -190,7 +190,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     ensure_ray(address)
     tracker = _parent_tracker(cfg, study_dir)
     try:
-        _check_resources(cfg, None)
+        _check_resources(cfg)
         sens, rope, ph = _probes_and_analysis(cfg, study, study_dir, stages, tracker)
         sets = _layer_sets(cfg, study_dir, stages, sens, rope, ph)
         tracker.log_dict(sets, "layersets.json")

@@ -280,13 +280,15 @@ def _layer_errors(key: str, layers: list[int], L: int | None) -> list[str]:
 
 
 def validate_study(cfg: StudyConfig, cluster_resources: dict | None = None,
-                   num_layers: int | None = None) -> list[str]:
+                   num_layers: int | None = None, stage_configs: bool = True) -> list[str]:
     """Every cross-field / environment problem of ``cfg`` at once, one line each (key, value, fix).
 
     Args:
         cfg: a schema-valid study.
         cluster_resources: ``{"CPU": n, "GPU": m}`` of the cluster that will run it (None: not checked).
         num_layers: L if already known; otherwise read cheaply from the model's config (no weights).
+        stage_configs: also check the training / evaluation blocks against the real stages' configs
+            (off when a study runs with stand-in stages).
     """
     from coloc_ray.ablation.arms import ARMS
 
@@ -312,7 +314,33 @@ def validate_study(cfg: StudyConfig, cluster_resources: dict | None = None,
             errs.append(f"evaluation.benchmarks: unknown benchmark {b!r}; valid: {', '.join(bench)}")
     if cluster_resources is not None:
         errs += _resource_errors(cfg, cluster_resources)
-    return errs
+    return errs + (_stage_config_errors(cfg) if stage_configs else [])
+
+
+def _stage_config_errors(cfg: StudyConfig) -> list[str]:
+    """The training / evaluation blocks as the real FinetuneConfig / EvalConfig see them (``extra`` keys too)."""
+    from coloc_ray.ablation.trial import eval_config_dict, finetune_config_dict
+
+    spec = {"trial_id": "check", "arm": "A", "control_seed": None, "train_seed": 0, "lora_layers": [0],
+            "garfa_layers": [0]}
+    study, out = cfg.resolved(), []
+    for key, build, mod, cls in (("training", finetune_config_dict, "coloc_ray.finetune.config", "FinetuneConfig"),
+                                 ("evaluation", eval_config_dict, "coloc_ray.evaluation.config", "EvalConfig")):
+        try:
+            target = getattr(__import__(mod, fromlist=[cls]), cls)
+        except ImportError:
+            continue  # that stage is not installed here
+        args = (study, spec, None) if key == "training" else (study, None, spec)
+        try:
+            target.model_validate(build(*args))
+        except ValidationError as e:
+            for err in e.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                out.append(f"{key}: {loc} = {err.get('input')!r}: {err['msg']} (as {cls} reads it); "
+                           f"fix {key}.{loc if loc in StudyConfig.model_fields[key].annotation.model_fields else 'extra.' + loc}")
+        except UserError as e:
+            out.append(f"{key}: {e}")
+    return out
 
 
 def _seed_errors(cfg: StudyConfig) -> list[str]:

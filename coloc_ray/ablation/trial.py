@@ -119,9 +119,7 @@ def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict) -> dict:
 def real_eval_config(study: dict, adapter_dir: str | None, spec: dict):
     from coloc_ray.evaluation.config import EvalConfig
 
-    d = eval_config_dict(study, adapter_dir, spec)
-    fields = EvalConfig.model_fields
-    return EvalConfig(**{k: v for k, v in d.items() if k in fields or k in study["evaluation"]["extra"]})
+    return EvalConfig.model_validate(eval_config_dict(study, adapter_dir, spec))
 
 
 def real_evaluate(cfg, out_dir: Path, tracker) -> dict:

@@ -124,3 +124,13 @@ def test_study_dir_and_resolved(tmp_path):
     cfg = StudyConfig.model_validate(_base(control_seeds=2))
     assert cfg.study_dir() == Path("runs") / "tiny_test"
     assert cfg.resolved()["control_seeds"] == [123, 124]
+
+
+def test_training_and_eval_blocks_checked_against_the_real_stage_configs():
+    d = _base()
+    d["training"]["extra"] = {"bogus_knob": 1}
+    d["evaluation"]["extra"] = {"n_bootstrap": 5}
+    errs = validate_study(StudyConfig.model_validate(d))
+    assert any("training.extra.bogus_knob" in e for e in errs), errs
+    assert any("evaluation.extra.n_bootstrap" in e for e in errs), errs
+    assert validate_study(StudyConfig.model_validate(d), stage_configs=False) == []
