@@ -24,7 +24,7 @@ def register(sub) -> None:
     s = sub.add_parser("submit", help="validate a study here, then run it on a Ray cluster as a Ray job")
     s.add_argument("study", help="study YAML")
     _cluster_args(s)
-    s.add_argument("--tracking-uri", default=None, help="MLflow URI for the job (default $MLFLOW_TRACKING_URI)")
+    s.add_argument("--tracking-uri", default=None, help="MLflow URI for the job (default: the cluster's own MLFLOW_TRACKING_URI)")
     s.add_argument("--out", default=None, help="study directory on the cluster (default output_dir or runs/<name>)")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env var for the job")
     s.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if it SUCCEEDED")
@@ -62,8 +62,12 @@ def _submit(args) -> int:
     if not args.wait:
         print(f"follow it: coloc logs {job_id} --follow --address {args.address}", file=sys.stderr)
         return 0
-    status = sb.wait_for_job(args.address, job_id, args.token_file, timeout_s=args.timeout,
-                             on_change=lambda s: print(f"{job_id}: {s}", file=sys.stderr, flush=True))
+    try:
+        status = sb.wait_for_job(args.address, job_id, args.token_file, timeout_s=args.timeout,
+                                 on_change=lambda s: print(f"{job_id}: {s}", file=sys.stderr, flush=True))
+    except TimeoutError as e:  # the job keeps running on the cluster
+        print(f"coloc: {e}; it keeps running: coloc status {job_id} --address {args.address}", file=sys.stderr)
+        return 1
     if status != "SUCCEEDED":
         tail = sb.job_logs(args.address, job_id, args.token_file).splitlines()[-40:]
         print("\n".join(tail), file=sys.stderr)
