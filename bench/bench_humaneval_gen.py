@@ -51,7 +51,8 @@ def main() -> None:
     rows["batched"]["outputs_equal_to_unbatched"] = rows["batched"]["_outs"] == rows["unbatched"]["_outs"]
     for r in rows.values():
         r.pop("_outs")
-    rows["speedup_batched_over_unbatched"] = round(rows["batched"]["tokens_per_s"] / rows["unbatched"]["tokens_per_s"], 2)
+    speedup = rows["batched"]["tokens_per_s"] / rows["unbatched"]["tokens_per_s"]
+    rows["speedup_batched_over_unbatched"] = round(speedup, 2)
     print(json.dumps({"model": args.model, "problems": args.problems, "style": style,
                       "max_new_tokens": args.max_new_tokens, **rows}, indent=2))
 
