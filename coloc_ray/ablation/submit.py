@@ -20,9 +20,10 @@ from urllib.parse import urlparse
 from coloc_ray.errors import UserError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-# gitignore-style patterns Ray leaves out of the uploaded working_dir (it refuses > 500 MiB anyway).
-EXCLUDES = [".git", ".venv", ".venv-*", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "runs", "mlruns",
-            "mlruns.db", "mlartifacts", "studies/*/", "out", "tmp", ".coloc_cache", "*.safetensors", "*.gguf",
+# gitignore-style patterns Ray leaves out of the uploaded working_dir (it refuses > 500 MiB anyway);
+# a leading "/" anchors a pattern to the checkout's top level.
+EXCLUDES = [".git", ".venv", ".venv-*", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "/runs", "/mlruns",
+            "/mlruns.db", "/mlartifacts", "/studies/*/", "/out", "/tmp", ".coloc_cache", "*.safetensors", "*.gguf",
             "*.bin", "*.pt", "*.pth", "*.ckpt", "*.db", "*.tar", "*.tar.gz", "*.zip"]
 PROJECT = Path(__file__).resolve().parents[2]
 META_PREFIX = "coloc."
@@ -94,12 +95,18 @@ def _study_in_project(study: Path, project: Path) -> str | None:
 
 
 def stage_working_dir(project: Path, study: Path) -> tuple[Path, str]:
-    """A temp copy of the project code with ``study`` inside it (for a study file outside the checkout)."""
-    import fnmatch
+    """A temp copy of the project code with ``study`` inside it (for a study file outside the checkout).
 
-    def ignore(_dir, names):
-        return {n for n in names if any(fnmatch.fnmatch(n, pat.rstrip("/")) for pat in EXCLUDES if "/" not in
-                                        pat.rstrip("/"))}
+    The copy leaves out what :data:`EXCLUDES` leaves out, matched the way Ray matches them.
+    """
+    from ray._private.thirdparty.pathspec import PathSpec  # Ray's own matcher (Ray is pinned)
+
+    spec = PathSpec.from_lines("gitwildmatch", EXCLUDES)
+
+    def ignore(dirpath, names):
+        rel = Path(dirpath).relative_to(project)
+        return {n for n in names if spec.match_file((rel / n).as_posix())
+                or ((Path(dirpath) / n).is_dir() and spec.match_file((rel / n).as_posix() + "/"))}
 
     tmp = Path(tempfile.mkdtemp(prefix="coloc-submit-"))
     shutil.copytree(project, tmp / "project", ignore=ignore)

@@ -42,7 +42,7 @@ def test_runtime_env_loopback_and_tracking_never_the_token(tmp_path, monkeypatch
     local = sb.runtime_env(REPO, "http://127.0.0.1:8265", "sqlite:////x/m.db", {"A": "1"})
     assert local["env_vars"]["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
     assert local["env_vars"]["MLFLOW_TRACKING_URI"] == "sqlite:////x/m.db" and local["env_vars"]["A"] == "1"
-    assert {".venv", ".git", "runs", "mlruns", "*.safetensors"} <= set(local["excludes"])
+    assert {".venv", ".git", "/runs", "/mlruns", "*.safetensors"} <= set(local["excludes"])
     remote = sb.runtime_env(REPO, "http://10.0.0.5:8265")
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in remote["env_vars"]
     assert "s3cret-token" not in json.dumps([local, remote])
@@ -83,13 +83,20 @@ def test_trial_table_prefers_progress_json(tmp_path):
 
 
 def test_study_outside_checkout_is_staged(tmp_path):
+    proj = tmp_path / "proj"  # a small stand-in checkout with one of each kind of file
+    for f in ("coloc_ray/ablation/submit.py", "coloc_ray/runs/keep.py", "studies/a.yaml", "studies/a/out.json",
+              "runs/x/result.json", ".venv/bin/python", ".git/HEAD", "w/model.safetensors", "mlruns.db"):
+        (proj / f).parent.mkdir(parents=True, exist_ok=True)
+        (proj / f).write_text("x")
     study = tmp_path / "elsewhere.yaml"
     study.write_text(TINY.read_text())
-    work, rel = sb.stage_working_dir(REPO, study)
+    work, rel = sb.stage_working_dir(proj, study)
     try:
         assert rel == ".coloc_submit/elsewhere.yaml" and (work / rel).read_text() == TINY.read_text()
-        assert (work / "coloc_ray" / "ablation" / "submit.py").is_file()
-        assert not (work / ".venv").exists() and not (work / ".git").exists()
+        kept = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+        # "/runs" is anchored: a package dir named runs stays; study outputs, venvs, git, weights, DBs go.
+        assert kept == [".coloc_submit/elsewhere.yaml", "coloc_ray/ablation/submit.py", "coloc_ray/runs/keep.py",
+                        "studies/a.yaml"]
     finally:
         import shutil
 
