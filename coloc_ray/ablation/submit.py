@@ -77,13 +77,14 @@ def auth_error(address: str, e: Exception) -> UserError:
 
 def _call(address: str, fn, *args, **kwargs):
     """Run one client call; auth and connection failures become UserErrors."""
+    import requests
     from ray.exceptions import AuthenticationError
 
     try:
         return fn(*args, **kwargs)
     except AuthenticationError as e:
         raise auth_error(address, e) from None
-    except ConnectionError:
+    except (ConnectionError, requests.exceptions.ConnectionError):  # requests' is not the builtin's subclass
         raise UserError(f"lost the Ray dashboard at {address}; is the cluster / port-forward still up?") from None
 
 

@@ -118,3 +118,13 @@ def test_cli_submit_errors_exit_2(tmp_path):
     assert "no Ray dashboard answers" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("submit", str(TINY), "--env", "NOEQUALS", "--address", "http://127.0.0.1:1", env=env, timeout=120)
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
+def test_lost_connection_mid_session_is_a_user_error():
+    import requests
+
+    def drop():
+        raise requests.exceptions.ConnectionError("connection reset")
+
+    with pytest.raises(UserError, match="lost the Ray dashboard"):
+        sb._call("http://127.0.0.1:8265", drop)
