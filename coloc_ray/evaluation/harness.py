@@ -65,6 +65,10 @@ def sample_to_item(s: dict, bench: Benchmark, task: str = "") -> dict:
     else:
         resp = s["filtered_resps"][0]
         item["prediction"] = resp[0] if isinstance(resp, (list, tuple)) else resp
+        if bench.name == "math":  # what exact match compared: the normalised final answer
+            from coloc_ray.evaluation.tasks.utils import math_answer
+
+            item["prediction"] = math_answer(item["prediction"])
         item["target"] = s["target"]
         item["generation"] = s["resps"][0][0] if s.get("resps") else None
     item["correct"] = bool(s[bench.lm_metric])

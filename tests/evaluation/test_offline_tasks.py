@@ -102,3 +102,14 @@ def test_mgsm_mirrors_standard_per_language(rendered):
         assert ours["target_delimiter"] == base["target_delimiter"] == ""
         assert [x["name"] for x in ours["filter_list"]] == [x["name"] for x in base["filter_list"]]
         assert ours["filter_list"][1]["filter"] == base["filter_list"][1]["filter"]
+
+
+def test_math_item_row_holds_the_compared_answer():
+    from coloc_ray.evaluation import harness
+
+    s = {"doc": {"item_id": "math/1", "answer": "16"}, "doc_id": 0, "target": "16", "filter": "none",
+         "arguments": [("Problem:\nx\n\nSolution:", {})], "filtered_resps": ["so $\\boxed{16}$."],
+         "resps": [["so $\\boxed{16}$."]], "exact_match": 1}
+    row = harness.sample_to_item(s, BENCHMARKS["math"], "coloc_math")
+    assert row["prediction"] == "16" and row["generation"] == "so $\\boxed{16}$." and row["correct"]
+    assert row["prompt_hash"] == harness.prompt_hash("Problem:\nx\n\nSolution:")
