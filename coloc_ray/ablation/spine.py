@@ -86,6 +86,7 @@ def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages:
         sens, rope = stages.sensitivity(study), stages.rope_influence(study)
         write_json(tmp / "sensitivity.json", sens)
         write_json(tmp / "rope_influence.json", rope)
+        tracker.log_artifacts(tmp, "probes")
         tracker.log_series("sensitivity", sens["scores"])
         tracker.log_series("rope_influence", rope["scores"])
 
@@ -173,7 +174,6 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     """
     import ray
 
-    from coloc_ray.ablation.tune_trials import run_trials
     from coloc_ray.raycluster import ensure_ray
 
     real = stages is None
@@ -195,21 +195,8 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
         sets = _layer_sets(cfg, study_dir, stages, sens, rope, ph)
         tracker.log_dict(sets, "layersets.json")
         specs = _trial_specs(cfg, study, sets)
-        _note_shared_arms(cfg, len(specs) - 1)
-        pending = _check_done_trials(study_dir, specs)
-        board = ProgressBoard(study_dir, specs, cfg.training.max_steps, cfg.max_concurrent_trials, echo=echo)
-        for s in specs:
-            if s not in pending:
-                board.update(s["trial_id"], state="SKIPPED", phase="done")
-        status = run_trials(pending, _trial_ctx(cfg, study, study_dir, tracker.run_id), stages, board=board,
-                            storage_path=cfg.storage_path or study_dir / "tune", name=f"{cfg.name}-{int(time.time())}",
-                            max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures)
-        by_id = {s["trial_id"]: s for s in specs}
-        failed = {t: (st if st != "DONE" else "stopped before it finished") for t, st in status.items()
-                  if not (trial_dir(study_dir, by_id[t]) / RESULT).is_file()}
-        if failed:
-            raise StudyIncomplete(f"{len(failed)} trial(s) failed: " + "; ".join(f"{t}: {st}" for t, st in failed.items())
-                                  + f". `coloc resume {study_dir}` runs just those again")
+        _write_plan(cfg, study_dir, specs)
+        _run_arms(cfg, study, study_dir, specs, stages, tracker.run_id, echo)
         report = _report(study_dir, specs, stages, tracker)
         tracker.end("FINISHED")
     except BaseException:
@@ -221,12 +208,37 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     return {"study_dir": str(study_dir), "trials": {s["trial_id"]: "DONE" for s in specs}, "report": report}
 
 
-def _note_shared_arms(cfg: StudyConfig, n_trials: int) -> None:
+def _write_plan(cfg: StudyConfig, study_dir: Path, specs: list[dict]) -> None:
+    """``plan.json``: every trial with its layer sets, and which arms run once per training seed."""
     from coloc_ray.ablation.arms import ARMS
 
     once = [a for a in cfg.arms if not ARMS[a].uses_r and ARMS[a].trains]
-    log.info("%d arm trials + base eval; arms %s do not use R: run once per training seed, not per control seed",
-             n_trials, once)
+    note = (f"arms {once} do not use R: they run once per training seed, not once per control seed"
+            if once else "every arm uses R: one trial per (control seed, training seed)")
+    write_json(study_dir / "plan.json", {"note": note, "trials": specs})
+    log.info("%d trials (base eval + %d arm trials); %s", len(specs), len(specs) - 1, note)
+
+
+def _run_arms(cfg: StudyConfig, study: dict, study_dir: Path, specs: list[dict], stages: Stages,
+              parent_run_id: str | None, echo: bool) -> None:
+    """Base eval + arm trials on Ray Tune, skipping finished ones; StudyIncomplete if any is left unfinished."""
+    from coloc_ray.ablation.tune_trials import run_trials
+
+    pending = _check_done_trials(study_dir, specs)
+    board = ProgressBoard(study_dir, specs, cfg.training.max_steps, cfg.max_concurrent_trials, echo=echo)
+    for s in specs:
+        if s not in pending:
+            board.update(s["trial_id"], state="SKIPPED", phase="done")
+    status = run_trials(pending, _trial_ctx(cfg, study, study_dir, parent_run_id), stages, board=board,
+                        storage_path=cfg.storage_path or study_dir / "tune", name=f"{cfg.name}-{int(time.time())}",
+                        max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures)
+    by_id = {s["trial_id"]: s for s in specs}
+    failed = {t: (st if st != "DONE" else "stopped before it finished") for t, st in status.items()
+              if not (trial_dir(study_dir, by_id[t]) / RESULT).is_file()}
+    if failed:
+        raise StudyIncomplete(f"{len(failed)} trial(s) unfinished: "
+                              + "; ".join(f"{t}: {st}" for t, st in failed.items())
+                              + f". `coloc resume {study_dir}` runs just those again")
 
 
 def _report(study_dir: Path, specs: list[dict], stages: Stages, tracker) -> dict:
@@ -238,7 +250,7 @@ def _report(study_dir: Path, specs: list[dict], stages: Stages, tracker) -> dict
         return read_json(out / "results.json")
     result = stages.report(study_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "results.json").is_file() is False:
+    if not (out / "results.json").is_file():
         write_json(out / "results.json", result)
     marker.write_text(h)
     tracker.log_artifacts(out, "report")

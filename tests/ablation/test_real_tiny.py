@@ -1,0 +1,40 @@
+"""The real stages end to end on the tiny model: probes, analysis, LS-LoRA + GARFA on Ray Train inside a
+Tune trial, evaluation, report. Slow (real fine-tune and lm-eval), so one arm and the base model only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coloc_ray.ablation.spine import run_study
+from coloc_ray.ablation.study_config import StudyConfig
+from tests.ablation.conftest import mlflow_children, tiny_study_dict
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_real_stages_tiny_study(ray_local, tmp_path):
+    d = tiny_study_dict(tmp_path, arms=["A"], control_seeds=[123])
+    d["training"]["extra"] = {}
+    cfg = StudyConfig.model_validate(d)
+    out = run_study(cfg, echo=False)
+    study = Path(out["study_dir"])
+    sens = json.loads((study / "probes" / "sensitivity.json").read_text())
+    sets = json.loads((study / "layersets.json").read_text())
+    # S is the top-k of the real sensitivity profile (independent re-ranking), R avoids it
+    ranked = sorted(range(len(sens["scores"])), key=lambda i: (-sens["scores"][i], i))[:2]
+    assert sets["S"] == sorted(ranked) and not set(sets["R"]["123"]) & set(sets["S"])
+    rec = json.loads((study / "trials" / "A-t0" / "result.json").read_text())
+    assert rec["lora_layers"] == rec["garfa_layers"] == sets["S"]
+    assert rec["finetune"]["steps"] == 2 or rec["finetune"].get("final_step") == 2 or "final_train_loss" in rec["finetune"]
+    adapter = Path(rec["adapter_dir"])
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "garfa.json").is_file()
+    assert set(rec["eval"]) == {"arc_challenge", "mmlu"}
+    assert (study / "base" / "eval" / "eval.json").is_file()
+    assert (study / "report" / "report.md").is_file()
+    kids = mlflow_children(cfg.tracking_uri, (study / "mlflow_run_id").read_text().strip())
+    names = {k.info.run_name for k in kids}
+    assert {"base", "A-t0"} <= names
+    assert all(k.info.status == "FINISHED" for k in kids if k.info.run_name in ("base", "A-t0"))
