@@ -55,5 +55,6 @@ def test_cli_flags_override_yaml(tmp_path):
 def test_real_console_script_exit_code():
     from tests.conftest import run_cli
 
-    r = run_cli("finetune", "--model", "tiny-gqa", "--lora-layers", "9", "--garfa-layers", "", "--out", "/nonexistent/x")
+    r = run_cli("finetune", "--model", "tiny-gqa", "--lora-layers", "9", "--garfa-layers", "",
+                "--out", "/nonexistent/x")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("coloc: error: lora_layers=[9]")
