@@ -139,14 +139,15 @@ def rope_layer_losses(model, tokenizer, texts: Sequence[str], factors: Sequence[
         else:
             inputs, kwargs, (s, n) = capture_block_inputs(base, ids, mask)
         base_sum, count = base_sum + s, count + n
+        last = min(b + batch_size, len(texts))
         for l in layers:
             for f in factors:
                 if naive:
                     sums[(f, l)] += naive_loss(base, ids, mask, l, f)[0]
                 else:
                     sums[(f, l)] += cached_tail_loss(base, inputs, kwargs, l, f, ids, mask)[0]
-        log.info("rope probe: texts %d-%d of %d done (%d layers x %d factors, %.1f s)",
-                 b + 1, min(b + batch_size, len(texts)), len(texts), len(layers), len(factors), time.time() - t0)
+            log.info("rope probe: layer %d done on texts %d-%d of %d (%.1f s)", l, b + 1, last, len(texts),
+                     time.time() - t0)
     if count == 0:
         raise UserError("eval texts: no text has 2 or more tokens, so there is no next-token loss; use longer texts")
     losses = {f: {l: sums[(f, l)] / count for l in layers} for f in factors}

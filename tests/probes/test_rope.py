@@ -108,3 +108,17 @@ def test_cached_equals_naive_on_smollm2(smollm2):
         assert _rel_close(cached["losses"][2.0][l], naive["losses"][2.0][l]), l
         ic, inv = (abs(r["losses"][2.0][l] - r["base_loss"]) for r in (cached, naive))
         assert _rel_close(ic, inv, rel=1e-4) or abs(ic - inv) < 1e-6, (l, ic, inv)
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-mistral"])
+def test_cached_equals_naive_on_other_families(name):
+    """Qwen2 builds a mask per layer type, Mistral may pick a sliding-window mask: the cache reuses each."""
+    from coloc_ray.models import load_model
+
+    lm = load_model(name)
+    kw = dict(factors=[2.0], layers=range(lm.info.num_layers), max_len=64, batch_size=3)
+    cached = rope_layer_losses(lm.model, lm.tokenizer, TEXTS, naive=False, **kw)
+    naive = rope_layer_losses(lm.model, lm.tokenizer, TEXTS, naive=True, **kw)
+    for l in range(lm.info.num_layers):
+        ic, inv = (abs(r["losses"][2.0][l] - r["base_loss"]) for r in (cached, naive))
+        assert ic > 0 and _rel_close(ic, inv), (l, ic, inv)
