@@ -94,7 +94,8 @@ def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressB
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(specs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent,
+        # reuse_actors: a finished trial's process takes the next trial (no fresh worker + imports per trial).
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                     trial_name_creator=lambda t: t.config["trial"]["trial_id"],
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name=name, storage_path=_abs(storage_path),
