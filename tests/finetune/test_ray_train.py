@@ -67,12 +67,17 @@ def test_two_worker_ddp_run_logs_to_mlflow_and_loads(ray_local, small_cfg, tmp_p
     from coloc_ray.tracking import read_run
     from coloc_ray.tracking.mlflow_run import metric_history
 
-    cfg = small_cfg(num_workers=2, max_steps=8, eval_every=4, tracking=True, tracking_uri=tracking_uri)
+    from coloc_ray.tracking import Tracker
+
+    parent = Tracker(tracking_uri, run_name="study").start()
+    cfg = small_cfg(num_workers=2, max_steps=8, eval_every=4, tracking=True, tracking_uri=tracking_uri,
+                    parent_run_id=parent.run_id)
     m = run_finetune(cfg, tmp_path / "out")
+    parent.end()
     assert m["num_workers"] == 2 and m["steps"] == 8 and m["resumed_from"] == []
     assert m["eval_losses"][-1]["loss"] < m["eval_losses"][0]["loss"]
     run = read_run(m["mlflow_run_id"], tracking_uri)
-    assert run["status"] == "FINISHED"
+    assert run["status"] == "FINISHED" and run["tags"]["mlflow.parentRunId"] == parent.run_id
     assert run["params"]["lora_params"] == str(m["lora_params"]) and run["params"]["garfa_params"] == "4"
     assert run["params"]["lora_layers"] == "[0, 2]" and run["params"]["garfa_layers"] == "[1, 3]"
     assert [s for s, _ in metric_history(m["mlflow_run_id"], "loss", tracking_uri)] == list(range(1, 9))
