@@ -336,8 +336,9 @@ def _stage_config_errors(cfg: StudyConfig) -> list[str]:
         except ValidationError as e:
             for err in e.errors():
                 loc = ".".join(str(p) for p in err["loc"])
-                out.append(f"{key}: {loc} = {err.get('input')!r}: {err['msg']} (as {cls} reads it); "
-                           f"fix {key}.{loc if loc in StudyConfig.model_fields[key].annotation.model_fields else 'extra.' + loc}")
+                own = StudyConfig.model_fields[key].annotation.model_fields
+                where = f"{key}.{loc}" if loc.split(".")[0] in own else f"{key}.extra.{loc}"
+                out.append(f"{key}: {loc} = {err.get('input')!r}: {err['msg']} (as {cls} reads it); fix {where}")
         except UserError as e:
             out.append(f"{key}: {e}")
     return out

@@ -111,9 +111,9 @@ def real_finetune(cfg, out_dir: Path) -> dict:
 def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict) -> dict:
     e = dict(study["evaluation"])
     extra = e.pop("extra")
+    experiment = study.get("experiment") or f"coloc-{study['name']}"
     return {**e, "model": study["model"], "adapter": adapter_dir, "seed": spec["train_seed"],
-            "tracking_uri": study.get("tracking_uri"), "experiment": study.get("experiment") or f"coloc-{study['name']}",
-            **extra}
+            "tracking_uri": study.get("tracking_uri"), "experiment": experiment, **extra}
 
 
 def real_eval_config(study: dict, adapter_dir: str | None, spec: dict):

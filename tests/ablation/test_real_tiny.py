@@ -28,7 +28,7 @@ def test_real_stages_tiny_study(ray_local, tmp_path):
     assert sets["S"] == sorted(ranked) and not set(sets["R"]["123"]) & set(sets["S"])
     rec = json.loads((study / "trials" / "A-t0" / "result.json").read_text())
     assert rec["lora_layers"] == rec["garfa_layers"] == sets["S"]
-    assert rec["finetune"]["steps"] == 2 or rec["finetune"].get("final_step") == 2 or "final_train_loss" in rec["finetune"]
+    assert rec["finetune"]["steps"] == 2 and isinstance(rec["finetune"]["final_train_loss"], float)
     adapter = Path(rec["adapter_dir"])
     assert (adapter / "adapter_config.json").is_file() and (adapter / "garfa.json").is_file()
     assert set(rec["eval"]) == {"arc_challenge", "mmlu"}
