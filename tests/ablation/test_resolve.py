@@ -46,3 +46,10 @@ def test_trial_configs_carry_the_trial_and_the_study_settings():
     from coloc_ray.evaluation.config import EvalConfig
 
     EvalConfig.model_validate(ev)
+
+
+def test_resume_without_study_json_is_a_user_error(tmp_path, capsys):
+    from coloc_ray.cli import main
+
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "no study.json" in capsys.readouterr().err
