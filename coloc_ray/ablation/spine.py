@@ -4,6 +4,8 @@ Each stage writes its typed output into the study dir (``probes/``, ``analysis/`
 ``base/``, ``trials/<id>/``, ``report/``) and a ``.done`` marker holding the hash of the config it ran with;
 a stage whose marker matches is skipped, so ``coloc resume`` is simply this function run again.
 The base model is evaluated as one more Tune trial, concurrently with the arms (it needs no layer sets).
+Trials write into the study dir from whichever node runs them: on a multi-node cluster it must be a shared
+path (the KubeRay manifests mount one), as must ``storage_path``.
 """
 
 from __future__ import annotations
