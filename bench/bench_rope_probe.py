@@ -5,7 +5,7 @@ cached/naive is what matters (target <= 0.6; floor ~ (L+1)/2L plus the head's sh
 process is reported beside wall time: on a shared machine wall time moves with the neighbours' load,
 CPU time of a single-threaded run much less.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_rope_probe.py --model smollm2-135m --num-texts 4
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_rope_probe.py --model smollm2-135m --num-texts 1 --threads 2
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def main() -> None:
     layers = list(range(lm.info.num_layers))
     kw = dict(factors=[args.factor], layers=layers, max_len=args.max_len, batch_size=args.num_texts)
     cached, cw, cc = _timed(lambda: rope_layer_losses(lm.model, lm.tokenizer, texts, naive=False, **kw))
+    print(f"cached: wall {cw:.1f} s, cpu {cc:.1f} s", flush=True)  # partial result if the run is cut short
     naive, nw, nc = _timed(lambda: rope_layer_losses(lm.model, lm.tokenizer, texts, naive=True, **kw))
+    print(f"naive: wall {nw:.1f} s, cpu {nc:.1f} s", flush=True)
     f = args.factor
     rel = max(abs(cached["losses"][f][l] - naive["losses"][f][l]) / abs(naive["losses"][f][l]) for l in layers)
     L = len(layers)

@@ -30,23 +30,6 @@ def _loaded(model):
     return model
 
 
-def _num_workers(num_workers: int | None, address: str | None) -> int:
-    check_num_workers(num_workers)
-    if num_workers is not None:
-        return num_workers
-    import ray
-
-    from coloc_ray.raycluster import default_num_workers, ensure_ray
-
-    started = not ray.is_initialized()
-    ensure_ray(address=address)
-    try:
-        return default_num_workers()
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def _resolve_pairs(pairs) -> list[MinimalPair]:
     if pairs is None or isinstance(pairs, (str, bytes)) or hasattr(pairs, "__fspath__"):
         return load_pairs(pairs)
@@ -76,15 +59,15 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
     plist = _resolve_pairs(pairs)
     ref, num_layers = model_ref(model)
     top_k = check_top_k(None if top_k == 10 else top_k, num_layers)
-    workers = _num_workers(num_workers, address)
+    check_num_workers(num_workers)
     t0 = time.time()
-    if workers == 0:
-        lm = _loaded(model)
+    if num_workers == 0:
+        lm, workers = _loaded(model), 0
         per_pair = pair_deltas(lm.model, lm.tokenizer, plist, pooling, sink_multiple)
     else:
         from coloc_ray.probes.distributed import sensitivity_on_ray
 
-        per_pair = sensitivity_on_ray(ref, plist, pooling, sink_multiple, workers, address)
+        per_pair, workers = sensitivity_on_ray(ref, plist, pooling, sink_multiple, num_workers, address)
     scores, per_domain = aggregate(plist, per_pair)
     return {
         "model": ref, "num_layers": num_layers, "scores": scores, "per_domain": per_domain,
@@ -116,15 +99,15 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
     texts = resolve_eval_texts(eval_data, num_texts)
     ref, num_layers = model_ref(model)
     facs, lays = check_rope_args(factors, layers, num_layers, max_len)
-    workers = _num_workers(num_workers, address)
+    check_num_workers(num_workers)
     t0 = time.time()
-    if workers == 0:
-        lm = _loaded(model)
+    if num_workers == 0:
+        lm, workers = _loaded(model), 0
         raw = rope_layer_losses(lm.model, lm.tokenizer, texts, facs, lays, naive=naive, max_len=max_len)
     else:
         from coloc_ray.probes.distributed import rope_on_ray
 
-        raw = rope_on_ray(ref, texts, facs, lays, naive, max_len, num_layers, workers, address)
+        raw, workers = rope_on_ray(ref, texts, facs, lays, naive, max_len, num_layers, num_workers, address)
     prof = influence_profile(raw, facs, lays, num_layers)
     return {
         "model": ref, "num_layers": num_layers, "factors": facs, "base_loss": raw["base_loss"],

@@ -8,6 +8,7 @@ the driver combines. Results do not depend on the number of workers beyond float
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Callable, Sequence
@@ -87,12 +88,9 @@ def _resources(num_workers: int) -> tuple[float, float, int]:
     return cpus, gpu_share, cpus
 
 
-def run_shards(task: Callable, shard_args: list[tuple], num_workers: int, address: str | None,
-               describe: Callable[[int], str]) -> list:
-    """Run ``task(*args, threads)`` for each shard on Ray; log each finished shard; results in shard order.
-
-    Starts (and afterwards shuts down) a local Ray, or connects to ``address``, unless Ray is already up.
-    """
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Start a local Ray (or connect to ``address``) unless Ray is up; shut down only what this started."""
     import ray
 
     from coloc_ray.raycluster import ensure_ray
@@ -100,42 +98,65 @@ def run_shards(task: Callable, shard_args: list[tuple], num_workers: int, addres
     started = not ray.is_initialized()
     ensure_ray(address=address)
     try:
-        cpus, gpus, threads = _resources(num_workers)
-        remote = ray.remote(task).options(num_cpus=cpus, num_gpus=gpus)
-        refs = [remote.remote(*args, threads) for args in shard_args]
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list = [None] * len(refs)
-        pending, t0 = list(refs), time.time()
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            i = index[done[0]]
-            results[i] = ray.get(done[0])
-            log.info("shard %d/%d done (%s), %.1f s", len(refs) - len(pending), len(refs), describe(i),
-                     time.time() - t0)
-        return results
+        yield ray
     finally:
         if started:
             ray.shutdown()
 
 
-def sensitivity_on_ray(model_ref: str, pairs: list, pooling: str, sink_multiple: float, num_workers: int,
-                       address: str | None = None) -> dict[str, list[float]]:
-    """Per-pair deltas computed over ``num_workers`` Ray tasks (shards of pairs)."""
-    shards = split_even([p.to_dict() for p in pairs], num_workers)
-    args = [(model_ref, s, pooling, sink_multiple) for s in shards]
-    parts = run_shards(sensitivity_task, args, len(shards), address, lambda i: f"{len(shards[i])} pairs")
+def _workers(num_workers: int | None) -> int:
+    from coloc_ray.raycluster import default_num_workers
+
+    return num_workers if num_workers else default_num_workers()
+
+
+def run_shards(task: Callable, shard_args: list[tuple], describe: Callable[[int], str]) -> list:
+    """Run ``task(*args, threads)`` per shard as Ray tasks (Ray must be up); log each finished shard.
+
+    Returns the results in shard order.
+    """
+    import ray
+
+    cpus, gpus, threads = _resources(len(shard_args))
+    remote = ray.remote(task).options(num_cpus=cpus, num_gpus=gpus)
+    refs = [remote.remote(*args, threads) for args in shard_args]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending, t0 = list(refs), time.time()
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        i = index[done[0]]
+        results[i] = ray.get(done[0])
+        log.info("shard %d/%d done (%s), %.1f s", len(refs) - len(pending), len(refs), describe(i),
+                 time.time() - t0)
+    return results
+
+
+def sensitivity_on_ray(model_ref: str, pairs: list, pooling: str, sink_multiple: float, num_workers: int | None,
+                       address: str | None = None) -> tuple[dict[str, list[float]], int]:
+    """Per-pair deltas over ``num_workers`` Ray tasks (shards of pairs; None = one per CPU/GPU).
+
+    Returns ``(per_pair, number of workers used)``.
+    """
+    with ray_session(address):
+        n = _workers(num_workers)
+        shards = split_even([p.to_dict() for p in pairs], n)
+        args = [(model_ref, s, pooling, sink_multiple) for s in shards]
+        parts = run_shards(sensitivity_task, args, lambda i: f"{len(shards[i])} pairs")
     out: dict[str, list[float]] = {}
     for part in parts:
         out.update(part)
-    return out
+    return out, n
 
 
 def rope_on_ray(model_ref: str, texts: list[str], factors: list[float], layers: list[int], naive: bool,
-                max_len: int, num_layers: int, num_workers: int, address: str | None = None) -> dict:
-    """``rope_layer_losses`` over ``num_workers`` Ray tasks (shards of layers), combined in the driver."""
-    shards = split_layers_by_cost(layers, num_workers, num_layers, naive)
-    args = [(model_ref, texts, list(factors), s, naive, max_len) for s in shards]
-    parts = run_shards(rope_task, args, len(shards), address, lambda i: f"layers {shards[i]}")
+                max_len: int, num_layers: int, num_workers: int | None, address: str | None = None) -> tuple[dict, int]:
+    """``rope_layer_losses`` over Ray tasks (shards of layers), combined in the driver; also returns the count."""
+    with ray_session(address):
+        n = _workers(num_workers)
+        shards = split_layers_by_cost(layers, n, num_layers, naive)
+        args = [(model_ref, texts, list(factors), s, naive, max_len) for s in shards]
+        parts = run_shards(rope_task, args, lambda i: f"layers {shards[i]}")
     base = [p["base_loss"] for p in parts]
     if max(base) - min(base) > 1e-6 * max(1.0, abs(base[0])):
         log.warning("rope probe: workers disagree on the base loss (%s); using the first", base)
@@ -143,4 +164,4 @@ def rope_on_ray(model_ref: str, texts: list[str], factors: list[float], layers: 
     for part in parts:
         for f in factors:
             losses[f].update(part["losses"][f])
-    return {"base_loss": base[0], "losses": losses, "num_tokens": parts[0]["num_tokens"]}
+    return {"base_loss": base[0], "losses": losses, "num_tokens": parts[0]["num_tokens"]}, n
