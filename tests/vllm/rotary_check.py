@@ -50,7 +50,26 @@ def main() -> None:
                 "garfa_keys_vs_vllm": (k2 - k_ref).abs().max().item(),
                 "scaled": not math.isclose(inv[-1].item(), 1.0 / params["rope_theta"] ** ((d - 2) / d), rel_tol=1e-4),
             }
+    out["registry"] = _registry()
     print("RESULT " + json.dumps(out))
+
+
+def _registry() -> dict:
+    """What vLLM's registry makes of the plugin's architectures (after the entry-point hook ran)."""
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.interfaces import supports_lora
+    from vllm.plugins import load_general_plugins
+
+    from coloc_ray.evaluation.vllm_plugin import GARFA_ARCHS
+
+    load_general_plugins()  # what every vLLM process does: runs coloc_garfa = ...vllm_plugin:register
+    res = {}
+    for hf_arch, (name, _) in GARFA_ARCHS.items():
+        cls = ModelRegistry._try_load_model_cls(name)
+        base = ModelRegistry._try_load_model_cls(hf_arch)
+        res[name] = {"subclass_of_vllm_model": bool(cls and base and issubclass(cls, base)),
+                     "supports_lora": bool(cls and supports_lora(cls))}
+    return res
 
 
 if __name__ == "__main__":

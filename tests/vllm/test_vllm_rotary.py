@@ -1,4 +1,5 @@
-"""GarfaKeyRotary inside the vllm venv against vLLM's own rotary kernel and a naive fp64 formula."""
+"""In the vllm venv: GarfaKeyRotary against vLLM's own rotary kernel and a naive fp64 formula; the entry point's
+registrations."""
 
 from pathlib import Path
 
@@ -12,6 +13,9 @@ pytestmark = pytest.mark.vllm
 def test_garfa_rotary_matches_vllm_at_alpha_one_and_naive_formula_otherwise(vllm_py):
     res = run_in_vllm_venv(vllm_py, Path(__file__).with_name("rotary_check.py"))
     assert res["default"]["scaled"] is False and res["llama3"]["scaled"] is True  # the llama3 table is really scaled
+    reg = res.pop("registry")  # the entry point registered every GARFA twin, as a LoRA-capable vLLM subclass
+    assert set(reg) == {"GarfaLlamaForCausalLM", "GarfaQwen2ForCausalLM", "GarfaMistralForCausalLM"}
+    assert all(r["subclass_of_vllm_model"] and r["supports_lora"] for r in reg.values()), reg
     for name, r in res.items():
         # alpha = 1: bit-identical to vLLM's own CPU kernel, for queries and keys
         assert r["alpha1_keys_vs_vllm"] == 0.0, name
