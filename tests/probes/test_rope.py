@@ -122,3 +122,20 @@ def test_cached_equals_naive_on_other_families(name):
     for l in range(lm.info.num_layers):
         ic, inv = (abs(r["losses"][2.0][l] - r["base_loss"]) for r in (cached, naive))
         assert ic > 0 and _rel_close(ic, inv), (l, ic, inv)
+
+
+@pytest.mark.parametrize("lines, needle", [
+    (['{"text": "ok"}', '{"txt": "x"}'], "line 2: missing field 'text'"),
+    (['{"text": 3}'], "line 1: field 'text' must be a string"),
+    (['{"text": " "}'], "line 1: field 'text' is empty"),
+    (['{"text": "ok"}', "nope"], "line 2: not valid JSON"),
+    ([], "empty"),
+])
+def test_bad_eval_file_is_a_user_error_with_its_line(tmp_path, lines, needle):
+    from coloc_ray.errors import UserError
+    from coloc_ray.probes.evaltexts import load_eval_texts
+
+    f = tmp_path / "eval.jsonl"
+    f.write_text("".join(ln + "\n" for ln in lines))
+    with pytest.raises(UserError, match=needle):
+        load_eval_texts(f)
