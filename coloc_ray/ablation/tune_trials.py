@@ -101,7 +101,12 @@ def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressB
         run_config=tune.RunConfig(name=name, storage_path=_abs(storage_path),
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
                                   callbacks=[_callback_cls()(board)], verbose=0))
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as e:  # e.g. Ray's OOM killer took a Tune-internal actor: the whole fit() raises
+        log.error("Ray Tune stopped: %s", str(e).strip().splitlines()[0][:300])
+        board.flush(force=True)
+        return {s["trial_id"]: f"ERROR: Tune stopped ({type(e).__name__})" for s in specs}
     board.flush(force=True)
     out = {}
     for r in grid:

@@ -121,3 +121,25 @@ def test_finished_trials_from_another_config_are_refused(study):
     cfg2.training.lr = 1e-3
     with pytest.raises(UserError, match="another study config"):
         run_study(cfg2, stages=study["fakes"].stages(), echo=False)
+
+
+def test_a_crash_inside_tune_becomes_an_incomplete_study(ray_local, fakes_by_value, tmp_path, monkeypatch):
+    from ray import tune
+
+    from coloc_ray.ablation.progress import ProgressBoard
+    from coloc_ray.ablation.spine import StudyIncomplete
+    from coloc_ray.ablation.tune_trials import run_trials
+
+    def boom(self):
+        raise RuntimeError("2 worker(s) were killed due to the node running low on memory")
+
+    monkeypatch.setattr(tune.Tuner, "fit", boom)
+    cfg = StudyConfig.model_validate(tiny_study_dict(tmp_path, arms=["A"]))
+    spec = {"trial_id": "A-t0", "arm": "A", "control_seed": None, "train_seed": 0, "lora_layers": [2, 3],
+            "garfa_layers": [2, 3]}
+    board = ProgressBoard(tmp_path, [spec], 2, echo=False)
+    status = run_trials([spec], {"study": cfg.resolved()}, fakes_by_value.stages(), board=board,
+                        storage_path=tmp_path / "tune", name="crash", max_concurrent=1, max_failures=0)
+    assert status == {"A-t0": "ERROR: Tune stopped (RuntimeError)"}
+    with pytest.raises(StudyIncomplete, match="coloc resume"):
+        run_study(cfg, stages=fakes_by_value.stages(), echo=False)
