@@ -44,11 +44,10 @@ def validate(cfg) -> None:
         from coloc_ray.finetune.data import load_messages
 
         load_messages(cfg.data, seed=cfg.seed)  # bad records fail here, not on every worker
-    if cfg.strategy != "ddp":
-        # strategies.py builds FSDP / ZeRO-3 wrappers, but this loop's checkpoints (rank 0's full trainable
-        # state) and optimizer handling are DDP-only so far.
-        raise UserError(f"strategy={cfg.strategy!r}: the LS-LoRA training loop supports only 'ddp' so far; "
-                        "use --strategy ddp (FSDP/ZeRO-3 builders live in coloc_ray.finetune.strategies)")
+    if cfg.strategy == "zero3" and cfg.quant == "4bit":
+        # DeepSpeed partitions float tensors; bitsandbytes' packed 4-bit weights cannot be sharded by it.
+        raise UserError("strategy='zero3' with quant='4bit': ZeRO-3 cannot shard bitsandbytes 4-bit weights; "
+                        "use quant none (or auto, which ZeRO-3 resolves to none) or strategy fsdp")
 
 
 def _raise_user_error(err: BaseException) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from coloc_ray.finetune.data import ShardedOrder, collate
 from coloc_ray.finetune.lora import param_groups
-from coloc_ray.finetune.state import LoopState, load_state, save_state
+from coloc_ray.finetune.state import LoopState, load_state, save_state, sharded_io
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,31 @@ def _unwrap_ddp(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def _is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
+def _is_deepspeed(model) -> bool:
+    # Duck-typed: deepspeed is lazily imported and absent from the CPU venv.
+    return type(model).__name__ == "DeepSpeedEngine"
+
+
 class Loop:
     """One rank's training loop over pre-encoded examples (see :mod:`coloc_ray.finetune.data`)."""
 
     def __init__(self, model, scalers, train_items: list, held_items: list, cfg, pad_id: int,
-                 device: Any = "cpu", rank: int = 0, world: int = 1, hooks: Optional[Hooks] = None):
+                 device: Any = "cpu", rank: int = 0, world: int = 1, hooks: Optional[Hooks] = None,
+                 optimizer=None):
+        """``model`` is plain, DDP-, FSDP-wrapped or a DeepSpeed engine; FSDP and ZeRO-3 pass the
+        ``optimizer`` built by :func:`~coloc_ray.finetune.strategies.prepare_for_strategy` (after wrapping)."""
         self.model, self.scalers, self.cfg = model, scalers, cfg
         self.train_items, self.held_items, self.pad_id = train_items, held_items, pad_id
         self.device, self.rank, self.world = torch.device(device), rank, world
         self.hooks = hooks or Hooks()
-        self.optimizer = build_optimizer(_unwrap_ddp(model), cfg)
+        self.strategy = "zero3" if _is_deepspeed(model) else "fsdp" if _is_fsdp(model) else "ddp"
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(_unwrap_ddp(model), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.order = ShardedOrder(len(train_items), cfg.batch_size, cfg.seed, rank, world)
         self.state = LoopState()
@@ -74,11 +89,16 @@ class Loop:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, ckpt_dir) -> None:
+        """Write this rank's part of a checkpoint (collective under FSDP / ZeRO-3: every rank calls it)."""
+        if self.strategy != "ddp":
+            sharded_io(self.strategy)[0](ckpt_dir, self.model, self.optimizer, self.scheduler, self.state, self.rank)
+            return
         save_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler, self.state, self.rank)
 
     def resume(self, ckpt_dir) -> None:
         """Continue from a checkpoint written by :meth:`save` (same config, same world size)."""
-        self.state = load_state(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler, self.rank)
+        load = sharded_io(self.strategy)[1] if self.strategy != "ddp" else load_state
+        self.state = load(ckpt_dir, _unwrap_ddp(self.model), self.optimizer, self.scheduler, self.rank)
         self.state.resumed_from.append(self.state.step)
         log.info("rank %d resumed at step %d (data position %d)", self.rank, self.state.step, self.state.micro)
 
@@ -118,19 +138,18 @@ class Loop:
             self.state.micro += 1
             batch = {n: v.to(self.device) for n, v in collate([self.train_items[i] for i in idx], self.pad_id).items()}
             last = k == cfg.grad_accum - 1
-            # DDP: all-reduce gradients once per optimizer step, not per micro-batch.
-            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+            # DDP / FSDP: reduce gradients once per optimizer step, not per micro-batch. The ZeRO-3 engine
+            # accumulates and reduces at its own boundary (its no_sync refuses partitioned gradients).
+            skip = last or self.strategy == "zero3" or not hasattr(model, "no_sync")
+            sync = contextlib.nullcontext() if skip else model.no_sync()
             with sync, self._autocast():
                 out = model(**batch)
-                (out.loss / cfg.grad_accum).backward()
+                self._backward(out.loss)
             loss_sum += float(out.loss.detach())
             tokens += int(batch["attention_mask"].sum())
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         lrs = {f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups}
-        self.optimizer.step()
+        grad_norm = self._clip_and_step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         loss, tokens = self._all_ranks(loss_sum / cfg.grad_accum, tokens)
         self.state.step += 1
         self.state.tokens += tokens
@@ -138,6 +157,42 @@ class Loop:
         self.state.train_losses.append(loss)
         return {"loss": loss, "grad_norm": grad_norm, **lrs,
                 "tokens_per_s": self.state.tokens / max(self.state.train_time, 1e-9), **self.alpha_metrics()}
+
+    def _backward(self, loss) -> None:
+        if self.strategy == "zero3":
+            # The engine scales by 1/gradient_accumulation_steps itself and only steps at the boundary.
+            self.model.backward(loss)
+            self.model.step()
+        else:
+            (loss / self.cfg.grad_accum).backward()
+
+    def _clip_and_step(self) -> float:
+        """Clip to ``max_grad_norm`` (the global norm over all ranks' shards) and step; returns the norm."""
+        if self.strategy == "zero3":
+            norm = self.model.get_global_grad_norm()  # clipped and stepped inside engine.step()
+            return float(norm) if norm is not None else float("nan")
+        if self.strategy == "fsdp":
+            # FSDP's own clip: each rank holds a shard of the grads, so the norm needs an all-reduce.
+            norm = self.model.clip_grad_norm_(self.cfg.max_grad_norm)
+        else:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def full_rho(self):
+        """A context giving every rank the full ``rho`` (sharded under FSDP / ZeRO-3; collective there)."""
+        if self.scalers is None or self.strategy == "ddp":
+            return contextlib.nullcontext()
+        if self.strategy == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            # rho lives in the root unit (it is no decoder layer's): gathering the root alone suffices.
+            return FSDP.summon_full_params(self.model, recurse=False, writeback=False)
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([self.scalers.rho], modifier_rank=None)
 
     def _all_ranks(self, loss: float, tokens: int) -> tuple[float, int]:
         """Mean loss and total tokens over all ranks (identity on one rank)."""
@@ -153,7 +208,8 @@ class Loop:
         """``alpha/L{l}_H{g}`` for every GARFA scaler (empty without GARFA)."""
         if self.scalers is None:
             return {}
-        a = self.scalers.alpha().detach().cpu()
+        with self.full_rho():
+            a = self.scalers.alpha().detach().cpu()
         return {f"alpha/L{l}_H{g}": float(a[r, g]) for r, l in enumerate(self.scalers.layers)
                 for g in range(a.shape[1])}
 

@@ -28,14 +28,25 @@ class TrainableModel:
     quant: str            # the resolved quantization: "4bit" or "none"
 
 
-def resolve_quant(quant: str, cuda: Optional[bool] = None) -> str:
-    """``auto`` -> ``4bit`` iff CUDA is present (METHOD 4); otherwise the value itself."""
-    if quant != "auto":
-        return quant
+def resolve_quant(quant: str, cuda: Optional[bool] = None, strategy: str = "ddp") -> str:
+    """``auto`` -> ``4bit`` iff CUDA is present (METHOD 4); otherwise the value itself.
+
+    ZeRO-3 cannot shard 4-bit weights, so ``auto`` is ``none`` there; FSDP's 4-bit storage recipe needs CUDA,
+    so on CPU FSDP keeps the base in full precision (with a warning).
+    """
     if cuda is None:
         import torch
 
         cuda = torch.cuda.is_available()
+    if strategy == "zero3" and quant == "auto":
+        log.info("strategy zero3: quant auto -> none (ZeRO-3 cannot shard bitsandbytes 4-bit weights)")
+        return "none"
+    if strategy == "fsdp" and quant == "4bit" and not cuda:
+        warnings.warn("FSDP with a 4-bit base needs CUDA (bnb_4bit_quant_storage=bf16 is a GPU recipe): "
+                      "on CPU the base is kept in full precision", stacklevel=2)
+        return "none"
+    if quant != "auto":
+        return quant
     if not cuda:
         warnings.warn("no CUDA: the QLoRA base is kept in full precision (the rest of the pipeline is identical)",
                       stacklevel=2)
@@ -86,12 +97,47 @@ def build_trainable(cfg, device: Optional[str] = None) -> TrainableModel:
     """Load ``cfg.model`` (4-bit NF4 if asked), check the layer sets, and attach LoRA + GARFA."""
     from coloc_ray.models import load_model
 
-    quant = resolve_quant(cfg.quant)
-    lm = load_model(cfg.model, quant=quant, device=device)
+    quant = resolve_quant(cfg.quant, strategy=cfg.strategy)
+    fsdp_4bit = quant == "4bit" and cfg.strategy == "fsdp"
+    if fsdp_4bit:
+        lm = _load_fsdp_4bit(cfg.model, device)
+    else:
+        lm = load_model(cfg.model, quant=quant, device=device)
     cfg.check_layers(lm.info.num_layers)
     model, scalers = attach(lm.model, cfg, quantized=(quant == "4bit"))
+    if fsdp_4bit:
+        _uniform_bf16(model)
     model.train()
     return TrainableModel(model=model, tokenizer=lm.tokenizer, info=lm.info, scalers=scalers, quant=quant)
+
+
+def _load_fsdp_4bit(spec: str, device: Optional[str]):
+    """Load NF4 with ``bnb_4bit_quant_storage=bf16`` (strategies.fsdp_4bit_quant_kwargs) and bf16 weights.
+
+    ``load_model`` takes no quantization kwargs, so its 4-bit recipe is swapped for the FSDP one for this call.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from coloc_ray.finetune.strategies import fsdp_4bit_quant_kwargs
+    from coloc_ray.models import loading
+
+    original = loading._quant_kwargs
+    loading._quant_kwargs = lambda q: {"quantization_config": BitsAndBytesConfig(**fsdp_4bit_quant_kwargs())}
+    try:
+        return loading.load_model(spec, quant="4bit", dtype=torch.bfloat16, device=device)
+    finally:
+        loading._quant_kwargs = original
+
+
+def _uniform_bf16(model) -> None:
+    """Cast every float tensor to bf16: an FSDP unit flattens its tensors into one flat parameter, which needs
+    one dtype (prepare_model_for_kbit_training and PEFT made norms and LoRA fp32; the NF4 storage is bf16)."""
+    import torch
+
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != torch.bfloat16 and type(p).__name__ != "Params4bit":
+            p.data = p.data.to(torch.bfloat16)
 
 
 def param_groups(model) -> tuple[list, list]:

@@ -5,7 +5,8 @@ Each worker builds the same model (LoRA init seeded), takes its shard of the see
 (it is a barrier): rank 0 with the weights, optimizer, scheduler and data position, every rank with its own
 RNG state. After a worker failure Ray restarts the group (``FailureConfig.max_failures``) and
 ``ray.train.get_checkpoint()`` hands the last checkpoint back, from which the loop resumes exactly.
-The last report carries the final artifacts in ``final/``.
+The last report carries the final artifacts in ``final/``. ``cfg.strategy`` picks DDP, FSDP (torch, sharded
+LoRA + rho gathered for checkpoints and the adapter) or DeepSpeed ZeRO-3 (the engine's own checkpoints).
 """
 
 from __future__ import annotations
@@ -65,13 +66,80 @@ def _wrap_ddp(model, world: int):
                                          parallel_strategy_kwargs={"find_unused_parameters": False})
 
 
+def _wrap(model, cfg, world: int):
+    """``(model, optimizer)`` for ``cfg.strategy``; DDP's optimizer is built by the Loop (None here)."""
+    if cfg.strategy == "ddp":
+        return _wrap_ddp(model, world), None
+    import torch
+
+    from coloc_ray.finetune.loop import build_optimizer
+    from coloc_ray.finetune.strategies import prepare_for_strategy, zero3_config_for
+
+    def make_optimizer(m):
+        return build_optimizer(m, cfg)
+
+    if cfg.strategy == "zero3":
+        ds = zero3_config_for(cfg, bf16=torch.cuda.is_available())
+        return prepare_for_strategy(model, "zero3", make_optimizer=make_optimizer, ds_config=ds)
+    # METHOD 6: bf16 on GPU, fp32 on CPU (where FSDP must match the DDP run it is tested against).
+    mp = "bf16" if torch.cuda.is_available() else None
+    return prepare_for_strategy(model, "fsdp", make_optimizer=make_optimizer, mixed_precision=mp)
+
+
+def save_final_adapter(loop, tm, out: Path) -> None:
+    """Write the adapter from the full trainable state on rank 0 (every rank must call this)."""
+    from coloc_ray.finetune.adapter import save_adapter
+
+    if loop.strategy == "ddp":
+        if loop.rank == 0:
+            save_adapter(loop.model, tm.scalers, tm.info, out)
+        return
+    if loop.strategy == "zero3":
+        import deepspeed
+
+        params = [p for p in loop.model.module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if loop.rank == 0:
+                save_adapter(loop.model.module, tm.scalers, tm.info, out)
+        return
+    from coloc_ray.finetune.state import fsdp_full_state
+
+    weights, _ = fsdp_full_state(loop.model, loop.optimizer)
+    if loop.rank == 0:
+        save_adapter_from_state(tm, weights, out)
+
+
+def save_adapter_from_state(tm, weights: dict, out: Path) -> None:
+    """The adapter dir of ``tm`` with the tensors in ``weights`` (full names, as from the unwrapped model)."""
+    import torch
+
+    from coloc_ray.finetune.adapter import MODEL_INFO
+    from coloc_ray.io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(tm.model, "peft_config"):
+        # PEFT picks the LoRA tensors out of the given state dict instead of reading the (sharded) modules.
+        lora = {k: v for k, v in weights.items() if "lora_" in k}
+        tm.model.save_pretrained(str(out), safe_serialization=True, state_dict=lora)
+    if tm.scalers is not None:
+        from coloc_ray.garfa import GarfaScalers, save_garfa
+
+        s = tm.scalers
+        full = GarfaScalers(s.layers, s.num_kv_heads, s.head_dim, c=s.c)
+        (rho,) = [v for k, v in weights.items() if k.endswith("garfa_scalers.rho")]
+        with torch.no_grad():
+            full.rho.copy_(rho.to(torch.float32))
+        save_garfa(full, out, tm.info)
+    write_json(out / MODEL_INFO, tm.info.to_dict())
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point. ``config``: ``cfg`` (FinetuneConfig dict), ``tracking_uri``, ``run_id``, ``fault``."""
     import ray.train
     import ray.train.torch
 
-    from coloc_ray.finetune.adapter import save_adapter
     from coloc_ray.finetune.config import FinetuneConfig
+    from coloc_ray.finetune.lora import trainable_counts
     from coloc_ray.finetune.loop import Loop
     from coloc_ray.io import write_json
     from coloc_ray.tracking import Tracker
@@ -86,25 +154,26 @@ def train_loop_per_worker(config: dict) -> dict:
     tm = prep.trainable
     tracker = Tracker(config.get("tracking_uri"), run_id=config.get("run_id"),
                       enabled=bool(config.get("run_id")) and rank == 0).start()
-    loop = Loop(_wrap_ddp(tm.model, world), tm.scalers, prep.train_items, prep.held_items, cfg,
+    counts = trainable_counts(tm.model)  # before sharding: FSDP / ZeRO-3 leave each rank a slice
+    model, optimizer = _wrap(tm.model, cfg, world)
+    loop = Loop(model, tm.scalers, prep.train_items, prep.held_items, cfg,
                 tm.tokenizer.pad_token_id, device=device, rank=rank, world=world,
-                hooks=RayHooks(tracker, rank, config.get("fault")))
+                hooks=RayHooks(tracker, rank, config.get("fault")), optimizer=optimizer)
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             loop.resume(d)
     elif rank == 0:
-        from coloc_ray.finetune.lora import trainable_counts
-
-        tracker.log_params({**trainable_counts(tm.model), "quant_resolved": tm.quant,
-                            "num_train_records": len(prep.train_items)})
+        tracker.log_params({**counts, "quant_resolved": tm.quant, "num_train_records": len(prep.train_items)})
     loop.run()
-    metrics = final_metrics(loop, tm, time.perf_counter() - t0)
-    metrics["num_workers"] = world
+    with loop.full_rho():  # final_metrics reads alpha from rho, sharded under FSDP / ZeRO-3
+        metrics = final_metrics(loop, tm, time.perf_counter() - t0)
+    metrics.update(counts, num_workers=world, strategy=cfg.strategy)
 
     def write_final(d: Path) -> None:
+        # Collective under FSDP / ZeRO-3 (the trainable tensors are gathered); rank 0 writes.
+        save_final_adapter(loop, tm, d / FINAL)
         if rank == 0:
-            save_adapter(loop.model, tm.scalers, tm.info, d / FINAL)
             write_json(d / FINAL / "metrics.json", metrics)
 
     report(loop, {"step": loop.state.step, "loss": metrics["final_train_loss"], "done": 1}, extra=write_final)

@@ -2,7 +2,8 @@
 
 A checkpoint directory holds ``trainable.safetensors`` (LoRA weights + rho, by parameter name),
 ``state.pt`` (optimizer, scheduler, step, data position, loss history), both from rank 0, and one
-``rng_rank{r}.pt`` per rank (each rank's dropout stream differs; Ray merges the ranks' directories). ``state.pt`` is a
+``rng_rank{r}.pt`` per rank (each rank's dropout stream differs; Ray merges the ranks' directories).
+FSDP writes the same files from gathered (full) state; ZeRO-3 adds DeepSpeed's own ``zero3/`` shards. ``state.pt`` is a
 torch pickle of our own state dicts, written and read only by this module, and only inside checkpoints;
 final artifacts (the adapter dir) never contain a pickle.
 """
@@ -82,10 +83,97 @@ def load_state(ckpt_dir: str | Path, model, optimizer, scheduler, rank: int = 0)
     blob = torch.load(d / STATE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
+    _load_rng(d, rank)
+    return LoopState(**blob["loop"])
+
+
+def _load_rng(d: Path, rank: int) -> None:
     rng_file = d / f"rng_rank{rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: those start a fresh stream
         rng = torch.load(rng_file, map_location="cpu", weights_only=False)
         torch.set_rng_state(rng["cpu"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# -- FSDP and ZeRO-3 ---------------------------------------------------------------------------------
+# Same directory layout as DDP (trainable.safetensors with the same names, state.pt, rng_rank*.pt), but the
+# weights and optimizer state are sharded, so gathering them is collective: every rank must call these.
+
+def _fsdp_options(**kw):
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Only LoRA + rho (ignore_frozen_params): the frozen base is never written. cpu_offload gathers onto rank
+    # 0's CPU only (the 70B case); torch 2.13 segfaults with it on a CPU-only gloo group, where every rank
+    # gets the (tiny) full dict instead.
+    return StateDictOptions(full_state_dict=True, ignore_frozen_params=True,
+                            cpu_offload=torch.cuda.is_available(), **kw)
+
+
+def fsdp_full_state(model, optimizer) -> tuple[dict, dict]:
+    """The full trainable state (LoRA + rho by their unwrapped names) and optimizer state of an FSDP model.
+
+    Collective. Rank 0 always gets both in full (on CPU with CUDA; other ranks may get empty dicts then).
+    """
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, optimizer, options=_fsdp_options())
+
+
+def save_state_fsdp(ckpt_dir, model, optimizer, scheduler, state: LoopState, rank: int = 0) -> None:
+    """:func:`save_state` for an FSDP-wrapped model (collective)."""
+    from safetensors.torch import save_file
+
+    weights, optim = fsdp_full_state(model, optimizer)
+    save_rng(ckpt_dir, rank)
+    if rank != 0:
+        return
+    d = Path(ckpt_dir)
+    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()}, str(d / TRAINABLE))
+    torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(), "loop": asdict(state),
+                "strategy": "fsdp"}, d / STATE)
+
+
+def load_state_fsdp(ckpt_dir, model, optimizer, scheduler, rank: int = 0) -> LoopState:
+    """Restore what :func:`save_state_fsdp` wrote; every rank reads the full files and keeps its shard."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    d = Path(ckpt_dir)
+    blob = torch.load(d / STATE, map_location="cpu", weights_only=False)  # our own blob, see save_state
+    if blob.get("strategy") != "fsdp":
+        raise RuntimeError(f"checkpoint {d} was not written by the FSDP strategy; resume with the strategy "
+                           "that wrote it")
+    set_state_dict(model, optimizer, model_state_dict=load_file(str(d / TRAINABLE)),
+                   optim_state_dict=blob["optimizer"], options=_fsdp_options(strict=False))
+    scheduler.load_state_dict(blob["scheduler"])
+    _load_rng(d, rank)
     return LoopState(**blob["loop"])
+
+
+ZERO3_TAG = "zero3"  # the DeepSpeed checkpoint tag (subdirectory) inside the Ray checkpoint dir
+
+
+def save_state_zero3(ckpt_dir, engine, optimizer, scheduler, state: LoopState, rank: int = 0) -> None:
+    """:func:`save_state` for a DeepSpeed ZeRO-3 engine (collective): each rank writes its own shards."""
+    engine.save_checkpoint(str(ckpt_dir), tag=ZERO3_TAG, exclude_frozen_parameters=True)
+    save_rng(ckpt_dir, rank)
+    if rank == 0:
+        torch.save({"scheduler": scheduler.state_dict(), "loop": asdict(state), "strategy": "zero3"},
+                   Path(ckpt_dir) / STATE)
+
+
+def load_state_zero3(ckpt_dir, engine, optimizer, scheduler, rank: int = 0) -> LoopState:
+    """Restore what :func:`save_state_zero3` wrote (Ray merged every rank's shards into ``ckpt_dir``)."""
+    d = Path(ckpt_dir)
+    engine.load_checkpoint(str(d), tag=ZERO3_TAG, load_module_strict=False)  # the frozen base is not in it
+    blob = torch.load(d / STATE, map_location="cpu", weights_only=False)
+    scheduler.load_state_dict(blob["scheduler"])
+    _load_rng(d, rank)
+    return LoopState(**blob["loop"])
+
+
+def sharded_io(strategy: str):
+    """``(save, load)`` for ``fsdp`` or ``zero3`` (signatures of :func:`save_state` / :func:`load_state`)."""
+    return {"fsdp": (save_state_fsdp, load_state_fsdp), "zero3": (save_state_zero3, load_state_zero3)}[strategy]

@@ -234,8 +234,7 @@ def prepare_for_strategy(model, strategy: str, *, make_optimizer: Callable | Non
     if strategy == "zero3":
         if ds_config is None:
             raise UserError("strategy 'zero3' needs ds_config (build it with deepspeed_zero3_config)")
-        import deepspeed  # lazy: ~6 s import, CUDA clusters only
-
+        deepspeed = import_deepspeed()
         opt = make_optimizer(model) if make_optimizer else None
         engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config,
                                                  model_parameters=[p for p in model.parameters() if p.requires_grad])
@@ -259,6 +258,17 @@ def prepare_for_strategy(model, strategy: str, *, make_optimizer: Callable | Non
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         wrapped = FullyShardedDataParallel(model, **fsdp_kwargs(mtype, device_id=device, **fsdp_overrides))
     return wrapped, (make_optimizer(wrapped) if make_optimizer else None)
+
+
+def import_deepspeed():
+    """``import deepspeed`` (lazy: ~6 s, GPU clusters only), or a UserError saying how to get it."""
+    try:
+        import deepspeed
+    except ImportError:
+        raise UserError("strategy 'zero3' needs DeepSpeed, which is not installed in this environment; install "
+                        "the gpu extra (pip install 'coloc-ray[gpu]', deepspeed==0.19.8) or use strategy fsdp"
+                        ) from None
+    return deepspeed
 
 
 def _model_type(model) -> str:
