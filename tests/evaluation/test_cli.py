@@ -32,13 +32,17 @@ def test_missing_data_file(tmp_path):
     _fails_cleanly(res, out, "ARC-Challenge-Test.jsonl", "COLOC_DATA")
 
 
-def test_adapter_for_another_model_and_zero_adapter(tmp_path):
+def test_adapter_for_another_model(tmp_path):
     other = make_adapter(tmp_path / "qwen", lora="random", garfa=None, model_name="tiny-qwen2")
     out = tmp_path / "o"
     res = run_cli("eval", "--model", "tiny-gqa", "--adapter", str(other), "--benchmarks", "arc_challenge",
                   "--no-tracking", "--out", str(out))
     _fails_cleanly(res, out, "model_type")
+
+
+def test_zero_adapter_is_refused_by_the_guard(tmp_path):
     zero = make_adapter(tmp_path / "zero", lora="zero", garfa="zero")
+    out = tmp_path / "o"
     res = run_cli("eval", "--model", "tiny-gqa", "--adapter", str(zero), "--benchmarks", "arc_challenge",
                   "--no-tracking", "--out", str(out))
     _fails_cleanly(res, out, "leaves the logits unchanged")
@@ -53,7 +57,7 @@ def test_eval_with_adapter_writes_scores_items_and_mlflow(tmp_path, tracking_uri
     (adapter / "metrics.json").write_text(json.dumps({"mlflow_run_id": parent}))
     out = tmp_path / "o"
     res = run_cli("eval", "--model", "tiny-gqa", "--adapter", str(adapter), "--benchmarks",
-                  "gpqa,humanevalplus", "--limit", "3", "--max-new-tokens", "8", "--batch-size", "4",
+                  "gpqa,humanevalplus", "--limit", "3", "--max-new-tokens", "4", "--batch-size", "4",
                   "--tracking-uri", tracking_uri, "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     ev = json.loads((out / "eval.json").read_text())
