@@ -75,12 +75,18 @@ def _wrap(model, cfg, world: int):
     from coloc_ray.finetune.loop import build_optimizer
     from coloc_ray.finetune.strategies import prepare_for_strategy, zero3_config_for
 
+    built = []
+
     def make_optimizer(m):
-        return build_optimizer(m, cfg)
+        built.append(build_optimizer(m, cfg))
+        return built[-1]
 
     if cfg.strategy == "zero3":
         ds = zero3_config_for(cfg, bf16=torch.cuda.is_available())
-        return prepare_for_strategy(model, "zero3", make_optimizer=make_optimizer, ds_config=ds)
+        engine, _ = prepare_for_strategy(model, "zero3", make_optimizer=make_optimizer, ds_config=ds)
+        # Our scheduler drives the plain AdamW: the ZeRO-3 optimizer wraps it, steps it and reads its groups'
+        # lr, but is no torch Optimizer for LambdaLR. Its state is checkpointed through the engine.
+        return engine, built[0]
     # METHOD 6: bf16 on GPU, fp32 on CPU (where FSDP must match the DDP run it is tested against).
     mp = "bf16" if torch.cuda.is_available() else None
     return prepare_for_strategy(model, "fsdp", make_optimizer=make_optimizer, mixed_precision=mp)
@@ -118,9 +124,7 @@ def save_adapter_from_state(tm, weights: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(tm.model, "peft_config"):
-        # PEFT picks the LoRA tensors out of the given state dict instead of reading the (sharded) modules.
-        lora = {k: v for k, v in weights.items() if "lora_" in k}
-        tm.model.save_pretrained(str(out), safe_serialization=True, state_dict=lora)
+        _save_peft_from_state(tm.model, weights, out)
     if tm.scalers is not None:
         from coloc_ray.garfa import GarfaScalers, save_garfa
 
@@ -131,6 +135,22 @@ def save_adapter_from_state(tm, weights: dict, out: Path) -> None:
             full.rho.copy_(rho.to(torch.float32))
         save_garfa(full, out, tm.info)
     write_json(out / MODEL_INFO, tm.info.to_dict())
+
+
+def _save_peft_from_state(peft_model, weights: dict, out: Path) -> None:
+    """PEFT's adapter files from gathered weights. ``save_pretrained(state_dict=...)`` cannot be used: PEFT
+    matches keys against ``named_modules()``, which under FSDP carry ``_fsdp_wrapped_module.`` and match none
+    (it silently writes an empty adapter). Same file format as PEFT: adapter name dropped, inference mode."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    cfg = copy.deepcopy(peft_model.peft_config["default"])
+    cfg.inference_mode = True
+    cfg.save_pretrained(str(out))
+    lora = {k.replace(".default.", "."): v.detach().to("cpu").contiguous() for k, v in weights.items()
+            if "lora_" in k}
+    save_file(lora, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def train_loop_per_worker(config: dict) -> dict:

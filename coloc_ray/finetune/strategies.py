@@ -238,6 +238,7 @@ def prepare_for_strategy(model, strategy: str, *, make_optimizer: Callable | Non
         opt = make_optimizer(model) if make_optimizer else None
         engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config,
                                                  model_parameters=[p for p in model.parameters() if p.requires_grad])
+        _register_garfa_with_zero3(model, deepspeed)
         return engine, opt
     if strategy == "ddp":
         import ray.train.torch
@@ -269,6 +270,20 @@ def import_deepspeed():
                         "the gpu extra (pip install 'coloc-ray[gpu]', deepspeed==0.19.8) or use strategy fsdp"
                         ) from None
     return deepspeed
+
+
+def _register_garfa_with_zero3(model, deepspeed) -> None:
+    """GARFA's rho sits on the model root but is read inside the patched attentions: ZeRO-3 gathers a
+    parameter only around its owner's forward, so tell it each GARFA attention uses rho (tiny rho is also
+    below stage3_param_persistence_threshold, i.e. never partitioned; this keeps it right if that changes)."""
+    from coloc_ray.models import decoder_layers, unwrap_model
+
+    scalers = getattr(unwrap_model(model), "garfa_scalers", None)
+    if scalers is None:
+        return
+    blocks = decoder_layers(unwrap_model(model))
+    for layer in scalers.layers:
+        deepspeed.zero.register_external_parameter(blocks[layer].self_attn, scalers.rho)
 
 
 def _model_type(model) -> str:
