@@ -39,15 +39,15 @@ def model_depth(spec: str) -> int:
 
 def validate(cfg) -> None:
     """Every check that can fail before any work starts (layer sets against the model, strategy)."""
+    if cfg.strategy == "zero3" and cfg.quant == "4bit":
+        # DeepSpeed partitions float tensors; bitsandbytes' packed 4-bit weights cannot be sharded by it.
+        raise UserError("strategy='zero3' with quant='4bit': ZeRO-3 cannot shard bitsandbytes 4-bit weights; "
+                        "use quant none (or auto, which ZeRO-3 resolves to none) or strategy fsdp")
     cfg.check_layers(model_depth(cfg.model))
     if cfg.data.source == "offline":
         from coloc_ray.finetune.data import load_messages
 
         load_messages(cfg.data, seed=cfg.seed)  # bad records fail here, not on every worker
-    if cfg.strategy == "zero3" and cfg.quant == "4bit":
-        # DeepSpeed partitions float tensors; bitsandbytes' packed 4-bit weights cannot be sharded by it.
-        raise UserError("strategy='zero3' with quant='4bit': ZeRO-3 cannot shard bitsandbytes 4-bit weights; "
-                        "use quant none (or auto, which ZeRO-3 resolves to none) or strategy fsdp")
 
 
 def _raise_user_error(err: BaseException) -> None:
