@@ -167,7 +167,12 @@ def save_state_zero3(ckpt_dir, engine, optimizer, scheduler, state: LoopState, r
 def load_state_zero3(ckpt_dir, engine, optimizer, scheduler, rank: int = 0) -> LoopState:
     """Restore what :func:`save_state_zero3` wrote (Ray merged every rank's shards into ``ckpt_dir``)."""
     d = Path(ckpt_dir)
-    engine.load_checkpoint(str(d), tag=ZERO3_TAG, load_module_strict=False)  # the frozen base is not in it
+    # load_module_strict=False: the frozen base is not in it. DeepSpeed returns (None, None) instead of raising
+    # when the tag directory is missing; a silent fresh start would break "resume is exact".
+    path, _ = engine.load_checkpoint(str(d), tag=ZERO3_TAG, load_module_strict=False)
+    if path is None:
+        raise RuntimeError(f"checkpoint {d} has no DeepSpeed checkpoint {ZERO3_TAG}/; resume with the strategy "
+                           "that wrote it")
     blob = torch.load(d / STATE, map_location="cpu", weights_only=False)
     scheduler.load_state_dict(blob["scheduler"])
     _load_rng(d, rank)
