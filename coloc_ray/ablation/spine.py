@@ -234,9 +234,10 @@ def _run_arms(cfg: StudyConfig, study: dict, study_dir: Path, specs: list[dict],
     status = run_trials(pending, _trial_ctx(cfg, study, study_dir, parent_run_id), stages, board=board,
                         storage_path=cfg.storage_path or study_dir / "tune", name=f"{cfg.name}-{int(time.time())}",
                         max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures)
-    by_id = {s["trial_id"]: s for s in specs}
-    failed = {t: (st if st != "DONE" else "stopped before it finished") for t, st in status.items()
-              if not (trial_dir(study_dir, by_id[t]) / RESULT).is_file()}
+    # Judge by result.json, over every pending trial: an interrupted Tune leaves unstarted trials out of `status`.
+    why = {"DONE": "stopped before it finished", None: "never started"}
+    failed = {s["trial_id"]: why.get(status.get(s["trial_id"]), status.get(s["trial_id"]))
+              for s in pending if not (trial_dir(study_dir, s) / RESULT).is_file()}
     if failed:
         raise StudyIncomplete(f"{len(failed)} trial(s) unfinished: "
                               + "; ".join(f"{t}: {st}" for t, st in failed.items())
