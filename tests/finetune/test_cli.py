@@ -12,8 +12,8 @@ from coloc_ray.cli import main
     (["--lora-layers", "a,b", "--garfa-layers", "1"], "--lora-layers 'a,b': expected comma-separated"),
     (["--lora-layers", "", "--garfa-layers", ""], "both empty"),
     (["--lora-layers", "1,1", "--garfa-layers", "2"], "duplicate layer(s) [1]"),
-    (["--lora-layers", "1", "--garfa-layers", "2", "--strategy", "fsdp", "--num-workers", "2"],
-     "supports only 'ddp'"),
+    (["--lora-layers", "1", "--garfa-layers", "2", "--strategy", "zero3", "--num-workers", "2", "--quant", "4bit"],
+     "ZeRO-3 cannot shard bitsandbytes 4-bit"),
     (["--lora-layers", "1", "--garfa-layers", "2", "--steps", "0"], "max_steps"),
     (["--garfa-layers", "2"], "--lora-layers is required"),
 ])
