@@ -222,7 +222,6 @@ def schema_help() -> str:
 
 
 # -- cross-field and environment checks ----------------------------------------------------------
-KNOWN_BENCHMARKS = ("mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge")
 
 
 def model_num_layers(spec: str) -> int | None:
@@ -255,12 +254,10 @@ def model_num_layers(spec: str) -> int | None:
 
 
 def _benchmark_names() -> tuple[str, ...]:
-    try:  # the evaluation engineer's registry, when it exists
-        from coloc_ray.evaluation.benchmarks import BENCHMARKS
+    """The evaluation registry's names (one source of truth: a registered extra benchmark validates too)."""
+    from coloc_ray.evaluation.registry import BENCHMARKS
 
-        return tuple(BENCHMARKS)
-    except Exception:
-        return KNOWN_BENCHMARKS
+    return tuple(BENCHMARKS)
 
 
 def _dupes(xs: list) -> list:
