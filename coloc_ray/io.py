@@ -21,6 +21,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
