@@ -73,13 +73,15 @@ class Loop:
 
     def __init__(self, model, scalers, train_items: list, held_items: list, cfg, pad_id: int,
                  device: Any = "cpu", rank: int = 0, world: int = 1, hooks: Optional[Hooks] = None,
-                 optimizer=None):
+                 optimizer=None, progress_path=None):
         """``model`` is plain, DDP-, FSDP-wrapped or a DeepSpeed engine; FSDP and ZeRO-3 pass the
-        ``optimizer`` built by :func:`~coloc_ray.finetune.strategies.prepare_for_strategy` (after wrapping)."""
+        ``optimizer`` built by :func:`~coloc_ray.finetune.strategies.prepare_for_strategy` (after wrapping).
+        ``progress_path``: rank 0 rewrites this JSON file on every progress line (live view of a study)."""
         self.model, self.scalers, self.cfg = model, scalers, cfg
         self.train_items, self.held_items, self.pad_id = train_items, held_items, pad_id
         self.device, self.rank, self.world = torch.device(device), rank, world
         self.hooks = hooks or Hooks()
+        self.progress_path = progress_path
         self.strategy = "zero3" if _is_deepspeed(model) else "fsdp" if _is_fsdp(model) else "ddp"
         self.optimizer = optimizer if optimizer is not None else build_optimizer(_unwrap_ddp(model), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
@@ -213,6 +215,19 @@ class Loop:
         return {f"alpha/L{l}_H{g}": float(a[r, g]) for r, l in enumerate(self.scalers.layers)
                 for g in range(a.shape[1])}
 
+    def _write_progress(self, metrics: dict, eta_s: float) -> None:
+        """The progress line as ``progress_path`` (atomic); a failed write never stops training."""
+        if not self.progress_path:
+            return
+        from coloc_ray.io import write_json
+
+        try:
+            write_json(self.progress_path, {"step": self.state.step, "max_steps": self.cfg.max_steps,
+                                            "loss": metrics["loss"], "tokens_per_s": metrics["tokens_per_s"],
+                                            "eta_s": eta_s, "updated": time.time()})
+        except OSError as e:  # e.g. a full or read-only disk: the live view is a convenience
+            log.warning("cannot write progress file %s: %s", self.progress_path, e)
+
     def run(self) -> LoopState:
         """Train from the current state to ``max_steps``, with evals, checkpoints and progress lines."""
         cfg = self.cfg
@@ -224,10 +239,10 @@ class Loop:
             step = self.state.step
             self.hooks.on_step(self, metrics)
             if self.rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                rate = (time.perf_counter() - t_start) / (step - s_start)
+                eta = (time.perf_counter() - t_start) / (step - s_start) * (cfg.max_steps - step)
                 log.info("step %d/%d loss %.4f lr %.2e tok/s %.0f ETA %.0fs", step, cfg.max_steps, metrics["loss"],
-                         self.optimizer.param_groups[0]["lr"], metrics["tokens_per_s"],
-                         rate * (cfg.max_steps - step))
+                         self.optimizer.param_groups[0]["lr"], metrics["tokens_per_s"], eta)
+                self._write_progress(metrics, eta)
             if step % cfg.eval_every == 0 and step != cfg.max_steps:
                 self.evaluate()
             if step % cfg.checkpoint_every == 0 and step != cfg.max_steps:

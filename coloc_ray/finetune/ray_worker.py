@@ -23,6 +23,31 @@ from coloc_ray.finetune.bare import TrackingHooks, final_metrics, prepare
 log = logging.getLogger(__name__)
 
 FINAL = "final"  # subdirectory of the last checkpoint holding the adapter + metrics
+PROGRESS = "progress.json"  # live {step, max_steps, loss, tokens_per_s, eta_s, updated}, in the Ray Train run dir
+
+
+def run_progress_file(storage_path: str, name: str) -> Optional[str]:
+    """Where rank 0 keeps the live progress of run ``name``: ``<storage_path>/<name>/progress.json``.
+
+    The Ray Train run dir, because the workers know it (not ``out_dir``) and it is on storage the driver
+    reads too. None for remote storage URIs (no live file there).
+    """
+    return None if "://" in str(storage_path) else str(Path(storage_path) / name / PROGRESS)
+
+
+def progress_file(cfg, out_dir) -> Optional[Path]:
+    """The live progress file of ``run_finetune(cfg, out_dir)``, for a caller to poll while it runs.
+
+    Mirrors run_finetune's storage path and Ray run name (tests/finetune/test_progress_file.py checks both).
+    """
+    import re
+
+    from coloc_ray.io import config_hash
+
+    name = cfg.run_name or f"finetune-{config_hash(cfg.model_dump(mode='json'))}"
+    storage = Path(cfg.storage_path).resolve() if cfg.storage_path else Path(out_dir).resolve() / ".train"
+    p = run_progress_file(str(storage), re.sub(r"[^A-Za-z0-9_.-]+", "-", name))
+    return Path(p) if p else None
 
 
 class RayHooks(TrackingHooks):
@@ -178,7 +203,8 @@ def train_loop_per_worker(config: dict) -> dict:
     model, optimizer = _wrap(tm.model, cfg, world)
     loop = Loop(model, tm.scalers, prep.train_items, prep.held_items, cfg,
                 tm.tokenizer.pad_token_id, device=device, rank=rank, world=world,
-                hooks=RayHooks(tracker, rank, config.get("fault")), optimizer=optimizer)
+                hooks=RayHooks(tracker, rank, config.get("fault")), optimizer=optimizer,
+                progress_path=config.get("progress_file") if rank == 0 else None)
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -217,7 +243,7 @@ def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str]
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri, "run_id": run_id,
-                           "fault": fault},
+                           "fault": fault, "progress_file": run_progress_file(storage_path, name)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
