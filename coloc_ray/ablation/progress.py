@@ -3,11 +3,13 @@
 The driver feeds a :class:`ProgressBoard` from Tune's trial events and reports; the board writes
 ``progress.json`` when something changed (at most every ``min_interval_s``) and prints the table.
 ``render_progress(study_dir)`` rebuilds the table from the file alone (``coloc status`` reuses it).
+Inside a trial, :class:`FileWatcher` turns the fine-tune's own progress file into step / loss / ETA reports.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +51,9 @@ class ProgressBoard:
             row["started"] = time.time()
         if fields.get("state") in TERMINAL and row["started"] is not None and row["wall_s"] is None:
             row["wall_s"] = round(time.time() - row["started"], 2)
+        eta = fields.pop("eta_s", None)
+        if fields.get("step") is not None:  # the fine-tune's own ETA (no model loading, no startup) or none
+            row["ft_eta_s"], row["ft_eta_at"] = eta, time.time()
         for k, v in fields.items():
             if v is not None and row.get(k) != v:
                 row[k], self._dirty = v, True
@@ -58,6 +63,8 @@ class ProgressBoard:
             return 0.0
         if row["state"] == "RUNNING" and row["started"]:
             elapsed = now - row["started"]
+            if row["phase"] == "finetune" and row.get("ft_eta_s") is not None:
+                return max(0.0, row["ft_eta_s"] - (now - row["ft_eta_at"]))
             if row["step"] and row["total_steps"] and row["phase"] == "finetune":
                 return elapsed / row["step"] * (row["total_steps"] - row["step"])
             return max(0.0, mean_wall - elapsed) if mean_wall else None
@@ -87,6 +94,49 @@ class ProgressBoard:
         if self.echo and table != self._last_table:
             print(table, flush=True)
         self._last_table = table
+
+
+class FileWatcher:
+    """Polls a fine-tune's ``progress.json`` on a daemon thread; reports each new step while in ``with``.
+
+    ``report`` gets ``{"phase": "finetune", "step", "loss", "eta_s", "tokens_per_s"}``. A missing or
+    unreadable file is skipped (it appears at the first progress line); the thread stops on exit.
+    """
+
+    def __init__(self, path, report, interval_s: float = 2.0):
+        self.path, self.report, self.interval_s = Path(path), report, interval_s
+        self._stop, self._last = threading.Event(), None
+        self._thread = threading.Thread(target=self._run, name="coloc-ft-progress", daemon=True)
+
+    def __enter__(self) -> "FileWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(5.0, 2 * self.interval_s))  # a report may block on Tune briefly
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception as e:  # a failing report must not end the trial; the next poll tries again
+                log.warning("fine-tune progress report failed: %s", e)
+
+    def poll(self) -> dict | None:
+        """Read the file once; report (and return) it if its step is new."""
+        try:
+            d = read_json(self.path)
+            step = int(d["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if step == self._last:
+            return None
+        self._last = step
+        m = {"phase": "finetune", "step": step, "loss": d.get("loss"), "eta_s": d.get("eta_s"),
+             "tokens_per_s": d.get("tokens_per_s")}
+        self.report(m)
+        return m
 
 
 def _fmt_s(s) -> str:

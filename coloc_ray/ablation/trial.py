@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from coloc_ray.io import read_json, write_json
 
@@ -37,6 +37,8 @@ class Stages:
     eval_config: Callable[[dict, Any, dict], Any]            # (study, adapter dir or None, spec) -> config
     evaluate: Callable[[Any, Path, Any], dict]               # (config, out_dir, tracker) -> eval.json
     report: Callable[[Path], dict]                           # study_dir -> results
+    # (config, out_dir) -> the live progress file finetune(config, out_dir) rewrites while it runs, or None
+    finetune_progress: Optional[Callable[[Any, Path], Optional[Path]]] = None
 
 
 def _accepted(fn: Callable, kwargs: dict) -> dict:
@@ -108,6 +110,12 @@ def real_finetune(cfg, out_dir: Path) -> dict:
     return run_finetune(cfg, out_dir)
 
 
+def real_finetune_progress(cfg, out_dir: Path) -> Path | None:
+    from coloc_ray.finetune.ray_worker import progress_file
+
+    return progress_file(cfg, out_dir)
+
+
 def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict) -> dict:
     e = dict(study["evaluation"])
     extra = e.pop("extra")
@@ -137,7 +145,7 @@ def real_report(study_dir: Path) -> dict:
 def real_stages() -> Stages:
     """The real stages of docs/ARCHITECTURE.md (imported lazily, when each runs)."""
     return Stages(real_sensitivity, real_rope_influence, real_analysis, real_top_k_layers, real_finetune_config,
-                  real_finetune, real_eval_config, real_evaluate, real_report)
+                  real_finetune, real_eval_config, real_evaluate, real_report, real_finetune_progress)
 
 
 
@@ -236,7 +244,14 @@ def _finetune(spec: dict, ctx: dict, stages: Stages, out: Path, tracker, report)
         return {}
     report({"phase": "finetune", "step": 0})
     cfg = stages.finetune_config(ctx["study"], spec, tracker.run_id if tracker.enabled else None)
-    return stages.finetune(cfg, out / "adapter")
+    live = stages.finetune_progress(cfg, out / "adapter") if stages.finetune_progress else None
+    if live is None:
+        return stages.finetune(cfg, out / "adapter")
+    from coloc_ray.ablation.progress import FileWatcher
+
+    # The fine-tune blocks until it ends: a thread relays its progress file (step, loss, ETA) meanwhile.
+    with FileWatcher(live, report, interval_s=float(ctx.get("progress_interval_s", 2.0))):
+        return stages.finetune(cfg, out / "adapter")
 
 
 def _record(spec: dict, ctx: dict, out: Path, ft: dict, ev: dict, wall_s: float, run_id) -> dict:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
+import types
 
-from coloc_ray.ablation.progress import ProgressBoard, render_progress
+import pytest
+
+from coloc_ray.ablation.progress import FileWatcher, ProgressBoard, render_progress
 
 
 def _specs():
@@ -49,3 +54,93 @@ def test_unknown_trial_ignored(tmp_path):
     b.flush(force=True)
     assert {r["trial_id"] for r in json.loads((tmp_path / "progress.json").read_text())["trials"]} == \
         {"base", "A-t0", "D-c123-t0"}
+
+
+def _live_file(path, step, loss, eta_s):
+    from coloc_ray.io import write_json
+
+    write_json(path, {"step": step, "max_steps": 10, "loss": loss, "tokens_per_s": 100.0, "eta_s": eta_s,
+                      "updated": 0.0})
+
+
+def test_watcher_feeds_step_loss_eta_into_table(tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("coloc_ray.ablation.progress.time.time", lambda: now[0])
+    live, seen = tmp_path / "ft" / "progress.json", []
+    w = FileWatcher(live, seen.append)
+    assert w.poll() is None and seen == []  # no file yet: nothing reported, no error
+    live.parent.mkdir()
+    live.write_text("{not json")  # unreadable: skipped like a missing file
+    assert w.poll() is None
+    _live_file(live, 3, 0.75, 70.0)
+    assert w.poll()["step"] == 3 and w.poll() is None  # same step: reported once
+    _live_file(live, 6, 0.5, 40.0)
+    w.poll()
+    assert [(m["phase"], m["step"], m["loss"], m["eta_s"]) for m in seen] == \
+        [("finetune", 3, 0.75, 70.0), ("finetune", 6, 0.5, 40.0)]
+    b = ProgressBoard(tmp_path, _specs(), total_steps=10, echo=False, min_interval_s=0)
+    b.update("A-t0", state="RUNNING")
+    now[0] = 1100.0  # 100 s of startup: the step rate alone would say 100/6*4 = 67 s left
+    b.update("A-t0", **seen[-1])
+    now[0] = 1110.0  # 10 s after the report: 40 - 10 = 30 s left
+    b.flush()
+    row = [r for r in json.loads((tmp_path / "progress.json").read_text())["trials"] if r["trial_id"] == "A-t0"][0]
+    assert row["step"] == 6 and row["loss"] == 0.5 and row["eta_s"] == 30.0
+    line = [ln for ln in render_progress(tmp_path).splitlines() if ln.startswith("A-t0")][0]
+    assert "finetune" in line and "6/10" in line and "0.5000" in line and "30s" in line
+    b.update("A-t0", phase="eval", step=10, loss=0.4)  # a report without the fine-tune's ETA drops it
+    assert b.rows["A-t0"]["ft_eta_s"] is None
+
+
+def _no_watcher_thread() -> bool:
+    return not any(t.name == "coloc-ft-progress" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_trial_relays_finetune_progress(tmp_path, fail):
+    """The trial's watcher reports each step of the (blocking) fine-tune and stops when it returns or raises."""
+    from coloc_ray.ablation import trial
+    from tests.ablation import fakes
+
+    live, reports, got = tmp_path / "live.json", [], threading.Event()
+
+    def report(m):
+        reports.append(dict(m))
+        if m.get("step"):
+            got.set()
+
+    def finetune(cfg, out):
+        for step in (4, 8):
+            got.clear()
+            _live_file(live, step, 1.0 / step, 10.0 - step)
+            assert got.wait(10), "the watcher never reported the step"
+        if fail:
+            raise RuntimeError("injected")
+        return {"steps": 8}
+
+    stages = dataclasses.replace(fakes.stages(), finetune_config=lambda study, spec, rid: {}, finetune=finetune,
+                                 finetune_progress=lambda cfg, out: live)
+    spec = {"trial_id": "A-t0", "arm": "A"}
+    tracker = types.SimpleNamespace(enabled=False, run_id=None)
+    ctx = {"study": {}, "progress_interval_s": 0.01}
+    if fail:
+        with pytest.raises(RuntimeError, match="injected"):
+            trial._finetune(spec, ctx, stages, tmp_path, tracker, report)
+    else:
+        assert trial._finetune(spec, ctx, stages, tmp_path, tracker, report) == {"steps": 8}
+    assert _no_watcher_thread()
+    assert [(m["step"], m.get("loss")) for m in reports] == [(0, None), (4, 0.25), (8, 0.125)]
+    assert [m["eta_s"] for m in reports[1:]] == [6.0, 2.0]
+
+
+def test_trial_without_live_file_runs_plain(tmp_path):
+    from coloc_ray.ablation import trial
+    from tests.ablation import fakes
+
+    stages = dataclasses.replace(fakes.stages(), finetune_config=lambda study, spec, rid: {},
+                                 finetune=lambda cfg, out: {"steps": 1})
+    assert stages.finetune_progress is None  # fakes built positionally still work
+    tracker = types.SimpleNamespace(enabled=False, run_id=None)
+    assert trial._finetune({"trial_id": "A-t0", "arm": "A"}, {"study": {}}, stages, tmp_path, tracker,
+                           lambda m: None) == {"steps": 1}
+    assert _no_watcher_thread()
