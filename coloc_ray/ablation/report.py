@@ -161,14 +161,14 @@ def headline(res: dict, labels: dict[str, str]) -> str:
         parts.append("No A − D comparison: arm " + ("A" if not a else "D") + " has no finished trial.")
     ranked = sorted((r for r in res["table4"] if r["avg"]["mean"] is not None), key=lambda r: -r["avg"]["mean"])
     if len(ranked) > 1:
-        parts.append("Ordering by Avg: " + " > ".join(f"{r['arm']} {_pts(r['avg']['mean'])}" for r in ranked)
+        parts.append("Ordering by Avg: " + _ordering(ranked)
                      + " (the paper's prediction for co-localization: A > B, C > D).")
     if a and base:
         da = _sub(a["avg"]["mean"], base["avg"]["mean"])
         above = [b for b in res["benchmarks"] if (a["delta_vs_base"] or {}).get(b) is not None
                  and a["delta_vs_base"][b] > 0]
         n = sum(1 for b in res["benchmarks"] if (a["delta_vs_base"] or {}).get(b) is not None)
-        word = "above" if (da or 0) > 0 else "below"
+        word = {1: "above", -1: "below", 0: "level with"}[_sign(da)]
         parts.append(f"Against the base model (no fine-tuning) A is {word} it on average "
                      f"({_pts(da, True)} points; above base on {len(above)} of {n} benchmarks).")
     elif not base:
@@ -184,6 +184,22 @@ def headline(res: dict, labels: dict[str, str]) -> str:
 
 def _sub(x, y):
     return None if x is None or y is None else x - y
+
+
+def _sign(x) -> int:
+    """Sign at the report's printed precision (0.01 points): a printed tie is never called above or below."""
+    if x is None or abs(x * 100) < 0.005:
+        return 0
+    return 1 if x > 0 else -1
+
+
+def _ordering(ranked: list[dict]) -> str:
+    """'A 50.00 > B 48.00 = C 48.00': '=' where the printed averages tie, so ties are not read as an ordering."""
+    out = f"{ranked[0]['arm']} {_pts(ranked[0]['avg']['mean'])}"
+    for prev, r in zip(ranked, ranked[1:]):
+        op = " = " if _sign(prev["avg"]["mean"] - r["avg"]["mean"]) == 0 else " > "
+        out += f"{op}{r['arm']} {_pts(r['avg']['mean'])}"
+    return out
 
 
 def _null_sentence(res: dict) -> str:

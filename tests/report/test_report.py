@@ -150,3 +150,20 @@ def test_contract_base_layout_and_saved_analysis(study):
     assert res["a_minus_base"]["mmlu"]["n_items"] == BENCHES["mmlu"] * len(TRAIN_SEEDS)
     assert res["colocalization"]["spearman_r"] == -0.5  # the saved analysis is used, not recomputed
     assert "overlap 1 vs 1.12 expected" in res["headline"]
+
+
+def test_tied_arms_are_called_level_not_above_or_below(tmp_path, monkeypatch):
+    """Every arm scoring exactly like the base model (as in a short demo) must read as a tie, not an ordering."""
+    import tests.report.conftest as c
+
+    monkeypatch.setattr(c, "P_CORRECT", {arm: 0.5 for arm in c.P_CORRECT})
+    monkeypatch.setattr(c, "_items", lambda arm, cs, ts: {
+        b: [{"id": f"{b}/{i}", "prompt_hash": f"h{i}", "prediction": "x", "target": "x", "correct": i % 2 == 0}
+            for i in range(n)] for b, n in c.BENCHES.items()})
+    study = c.build_study(tmp_path / "tied")
+    res = build_report(study)
+    md = (study / "report" / "report.md").read_text()
+    headline = md.split("**Headline.**", 1)[1].split("\n", 1)[0]
+    assert "A is level with it on average" in headline
+    assert " > " not in headline.split("Ordering by Avg:", 1)[1].split("(the paper", 1)[0]
+    assert all(r["avg"]["mean"] == res["table4"][0]["avg"]["mean"] for r in res["table4"])
