@@ -8,7 +8,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 .venv/bin/coloc run studies/demo_smollm2.yaml
 
 test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python -m pytest tests -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python -m pytest tests -q --durations=25
 
 test-fast: 
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python -m pytest tests -q -m "not slow"
