@@ -8,14 +8,13 @@ in the driver, so a worker-group restart keeps logging into the same run.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
 from coloc_ray.errors import UserError
-from coloc_ray.io import config_hash, staged_output, versions, write_json
+from coloc_ray.io import staged_output, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +76,13 @@ def run_finetune(cfg, out_dir: str | Path, address: Optional[str] = None, *, fau
     Returns:
         The metrics dict also written to ``metrics.json``.
     """
-    from coloc_ray.finetune.ray_worker import FINAL, build_trainer
+    from coloc_ray.finetune.ray_worker import FINAL, build_trainer, run_location
     from coloc_ray.raycluster import ensure_ray
     from coloc_ray.tracking import Tracker, default_tracking_uri
 
     validate(cfg)
     out = Path(out_dir).resolve()
-    name = cfg.run_name or f"finetune-{config_hash(cfg.model_dump(mode='json'))}"
-    # Ray Train's run name is a directory under storage_path: no separators (study trials pass "t/finetune").
-    ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
-    storage = str(Path(cfg.storage_path).resolve()) if cfg.storage_path else str(out / ".train")
+    name, ray_name, storage = run_location(cfg, out)
     uri = cfg.tracking_uri or default_tracking_uri()
     ensure_ray(address)
     t0 = time.perf_counter()

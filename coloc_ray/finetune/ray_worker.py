@@ -35,18 +35,23 @@ def run_progress_file(storage_path: str, name: str) -> Optional[str]:
     return None if "://" in str(storage_path) else str(Path(storage_path) / name / PROGRESS)
 
 
-def progress_file(cfg, out_dir) -> Optional[Path]:
-    """The live progress file of ``run_finetune(cfg, out_dir)``, for a caller to poll while it runs.
-
-    Mirrors run_finetune's storage path and Ray run name (tests/finetune/test_progress_file.py checks both).
-    """
+def run_location(cfg, out_dir) -> tuple[str, str, str]:
+    """(run name, Ray Train run name, storage path) of ``run_finetune(cfg, out_dir)``: the one place they are derived."""
     import re
 
     from coloc_ray.io import config_hash
 
     name = cfg.run_name or f"finetune-{config_hash(cfg.model_dump(mode='json'))}"
-    storage = Path(cfg.storage_path).resolve() if cfg.storage_path else Path(out_dir).resolve() / ".train"
-    p = run_progress_file(str(storage), re.sub(r"[^A-Za-z0-9_.-]+", "-", name))
+    # Ray Train's run name is a directory under storage_path: no separators (study trials pass "t/finetune").
+    ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    storage = str(Path(cfg.storage_path).resolve()) if cfg.storage_path else str(Path(out_dir).resolve() / ".train")
+    return name, ray_name, storage
+
+
+def progress_file(cfg, out_dir) -> Optional[Path]:
+    """The live progress file of ``run_finetune(cfg, out_dir)``, for a caller to poll while it runs."""
+    _, ray_name, storage = run_location(cfg, out_dir)
+    p = run_progress_file(storage, ray_name)
     return Path(p) if p else None
 
 
