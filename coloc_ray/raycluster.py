@@ -31,6 +31,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
 
     if ray.is_initialized():
         return
+    _loopback_even_if_imported_early()
     # Worker processes must see the same loopback setting and keep torch to its share of the CPUs.
     runtime_env = {"env_vars": {**LOOPBACK_ENV, "TOKENIZERS_PARALLELISM": "false"}}
     if address:
@@ -42,6 +43,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
         num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
         runtime_env=runtime_env, log_to_driver=True, configure_logging=False,
     )
+
+
+def _loopback_even_if_imported_early() -> None:
+    """Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is first imported: a caller that
+    imported ray before :func:`loopback_env` ran would start a node on the machine's other interface."""
+    from ray._private import ray_constants
+
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0" and ray_constants.ENABLE_RAY_CLUSTER:
+        ray_constants.ENABLE_RAY_CLUSTER = False  # what the env var would have set at import time
+
+
+def node_ip() -> str:
+    """The IP address the connected Ray node runs on (127.0.0.1 for every local Ray we start)."""
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def default_num_workers() -> int:
