@@ -1,4 +1,8 @@
-"""Scores and 95 % percentile-bootstrap CIs from per-item results (seeded, so a rerun gives the same CI)."""
+"""Scores and 95 % percentile-bootstrap CIs from per-item results (seeded, so a rerun gives the same CI).
+
+The unstratified CI is :func:`coloc_ray.analysis.stats.bootstrap_ci` (scipy); only the stratified
+(macro-mean, MGSM) bootstrap, which scipy does not offer, is implemented here.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,14 @@ def bootstrap_ci(correct, strata=None, *, n_resamples: int = 10000, seed: int = 
     x = np.asarray(correct, dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan"), float("nan")
+    if strata is None:  # the plain percentile bootstrap: the one in coloc_ray.analysis.stats (scipy)
+        from coloc_ray.analysis.stats import bootstrap_ci as plain_ci
+
+        if level != 0.95:
+            raise ValueError("bootstrap_ci: only the 95 % level is offered (METHOD 8)")
+        return tuple(plain_ci(x, n=n_resamples, seed=seed))
     rng = np.random.default_rng(seed)
-    groups = [x] if strata is None else [x[np.asarray(idx)] for idx in _group(strata).values()]
+    groups = [x[np.asarray(idx)] for idx in _group(strata).values()]
     score = float(np.mean([g.mean() for g in groups]))
     means = np.zeros((len(groups), n_resamples))
     for k, g in enumerate(groups):
