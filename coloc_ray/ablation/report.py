@@ -153,8 +153,10 @@ def headline(res: dict, labels: dict[str, str]) -> str:
                      f"(A − D = {_pts(_sub(a['avg']['mean'], d['avg']['mean']), True)}).")
         if t5:
             lo, hi = min(t5, key=lambda b: t5[b]["diff"]), max(t5, key=lambda b: t5[b]["diff"])
-            parts.append(f"Per benchmark A − D ranges from {_pts(t5[lo]['diff'], True)} ({labels[lo]}) to "
-                         f"{_pts(t5[hi]['diff'], True)} ({labels[hi]}); the paired-bootstrap 95 % CI excludes 0 "
+            spread = (f"A − D is {_pts(t5[lo]['diff'], True)} on every benchmark" if t5[lo]["diff"] == t5[hi]["diff"]
+                      else f"Per benchmark A − D ranges from {_pts(t5[lo]['diff'], True)} ({labels[lo]}) to "
+                      f"{_pts(t5[hi]['diff'], True)} ({labels[hi]})")
+            parts.append(f"{spread}; the paired-bootstrap 95 % CI excludes 0 "
                          f"in A's favour on {len(up)} of {len(t5)} benchmarks"
                          + (f" and against A on {len(down)}" if down else "") + ".")
     else:
@@ -208,7 +210,8 @@ def _null_sentence(res: dict) -> str:
         return ""
     n = min(v["n"] for v in nulls)
     ps = [v["p"] for v in nulls]
-    s = f"Against the arm-D null A's empirical p is {min(ps):.3g}–{max(ps):.3g}"
+    span = f"{min(ps):.3g}" if min(ps) == max(ps) else f"{min(ps):.3g}–{max(ps):.3g} across benchmarks"
+    s = f"Against the arm-D null A's empirical p is {span}"
     if n < st.MIN_NULL_FOR_05:
         return s + (f", but with only {n} D run(s) the smallest attainable p is {1 / (n + 1):.3g}: "
                     "too few control seeds for a meaningful p.")

@@ -167,3 +167,8 @@ def test_tied_arms_are_called_level_not_above_or_below(tmp_path, monkeypatch):
     assert "A is level with it on average" in headline
     assert " > " not in headline.split("Ordering by Avg:", 1)[1].split("(the paper", 1)[0]
     assert all(r["avg"]["mean"] == res["table4"][0]["avg"]["mean"] for r in res["table4"])
+    # A tie everywhere is said once, not as a "range" from a benchmark to itself
+    assert "A − D is +0.00 on every benchmark" in headline and "ranges from" not in headline
+    ps = sorted({v["p"] for v in res["null"].values() if v["p"] is not None})
+    assert len(ps) == 1  # every benchmark ties, so every benchmark has the same empirical p
+    assert f"A's empirical p is {ps[0]:.3g}," in headline or f"A's empirical p is {ps[0]:.3g} over" in headline
