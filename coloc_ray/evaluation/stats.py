@@ -11,8 +11,8 @@ from collections import defaultdict
 import numpy as np
 
 
-def bootstrap_ci(correct, strata=None, *, n_resamples: int = 10000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_ci(correct, strata=None, *, n_resamples: int = 10000,
+                 seed: int = 0) -> tuple[float, float, float]:
     """(score, ci_low, ci_high) of per-item 0/1 results.
 
     Without ``strata`` the score is the plain mean and each resample draws n items with replacement.
@@ -25,8 +25,6 @@ def bootstrap_ci(correct, strata=None, *, n_resamples: int = 10000, seed: int = 
     if strata is None:  # the plain percentile bootstrap: the one in coloc_ray.analysis.stats (scipy)
         from coloc_ray.analysis.stats import bootstrap_ci as plain_ci
 
-        if level != 0.95:
-            raise ValueError("bootstrap_ci: only the 95 % level is offered (METHOD 8)")
         return tuple(plain_ci(x, n=n_resamples, seed=seed))
     rng = np.random.default_rng(seed)
     groups = [x[np.asarray(idx)] for idx in _group(strata).values()]
@@ -36,8 +34,7 @@ def bootstrap_ci(correct, strata=None, *, n_resamples: int = 10000, seed: int = 
         draws = rng.integers(0, g.size, size=(n_resamples, g.size))
         means[k] = g[draws].mean(axis=1)
     stat = means.mean(axis=0)
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(stat, [alpha, 1 - alpha])
+    lo, hi = np.quantile(stat, [0.025, 0.975])
     return score, float(lo), float(hi)
 
 

@@ -15,9 +15,9 @@ import pytest
 
 SCRIPT = """
 import json, ray                       # ray first, before the loopback environment is set
-from coloc_ray.raycluster import ensure_ray, node_ip, shutdown_ray
+from coloc_ray.raycluster import ensure_ray, shutdown_ray
 ensure_ray(num_cpus=1)
-out = {"node_ip": node_ip(), "gcs": ray.get_runtime_context().gcs_address}
+out = {"node_ip": ray.util.get_node_ip_address(), "gcs": ray.get_runtime_context().gcs_address}
 shutdown_ray()
 print("RESULT " + json.dumps(out))
 """
