@@ -4,6 +4,12 @@ The cluster runs ``coloc run <study> --address auto`` with the project checkout 
 code that runs is the code you have. Token auth (Ray 2.60): the head runs with ``RAY_AUTH_MODE=token``; we
 send ``Authorization: Bearer <token>`` read from ``--token-file``, ``$RAY_AUTH_TOKEN`` or
 ``$RAY_AUTH_TOKEN_PATH``. The token never goes into the runtime_env (the dashboard shows it to anyone).
+
+Secrets stay out of job metadata (docs/SECURITY.md): ``--env`` refuses names that look like credentials and
+``--tracking-uri`` refuses an embedded password (the runtime_env and metadata are readable by anyone who can reach
+the dashboard); credentials come from the nodes' own environment or files. The uploaded working dir leaves out
+:data:`SECRET_EXCLUDES` and everything git ignores, on top of :data:`EXCLUDES`; :func:`upload_list` shows exactly
+what Ray would upload (``coloc submit --dry-run``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,14 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 EXCLUDES = [".git", ".venv", ".venv-*", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "/runs", "/mlruns",
             "/mlruns.db", "/mlartifacts", "/studies/*/", "/out", "/tmp", ".coloc_cache", "*.safetensors", "*.gguf",
             "*.bin", "*.pt", "*.pth", "*.ckpt", "*.db", "*.tar", "*.tar.gz", "*.zip"]
+# Files that hold credentials are never uploaded, whatever .gitignore says ("!": source files stay).
+SECRET_EXCLUDES = [".env", ".env.*", "*.env", ".envrc", ".netrc", "_netrc", ".git-credentials", ".pypirc", "*token*",
+                   "!*token*.py", "*secret*", "!*secret*.py", "*credential*", "!*credential*.py", "*.pem", "*.key",
+                   "*.p12", "*.pfx", "*.jks", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".ssh/", ".aws/",
+                   ".gnupg/", ".kube/", ".docker/", ".coloc/", ".ray/", ".huggingface/", ".cache/"]
+# --env names that look like credentials: a "_"-separated word of the name, or its ending, is one of these.
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "KEY", "APIKEY", "CREDENTIAL", "CREDENTIALS",
+                "PRIVATE", "COOKIE", "SESSION")
 PROJECT = Path(__file__).resolve().parents[2]
 META_PREFIX = "coloc."
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -88,6 +102,60 @@ def _call(address: str, fn, *args, **kwargs):
         raise UserError(f"lost the Ray dashboard at {address}; is the cluster / port-forward still up?") from None
 
 
+def looks_secret(name: str) -> bool:
+    """True for env var names like HF_TOKEN, AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_PASSWORD, WANDB_API_KEY."""
+    up = name.upper()
+    return any(w in up.split("_") or up.endswith(w) for w in SECRET_WORDS)
+
+
+def check_secrets(env: dict[str, str] | None, tracking_uri: str | None) -> None:
+    """Refuse credentials on their way into the job's runtime_env or metadata (UserError, before any upload)."""
+    bad = sorted(k for k in (env or {}) if looks_secret(k))
+    if bad:
+        raise UserError(
+            f"--env {', '.join(bad)}: looks like a credential, and --env values go into the job's runtime_env, "
+            "which anyone who can reach the Ray dashboard can read; put credentials on the cluster's nodes instead "
+            "(their environment, e.g. a Kubernetes Secret, or a file they read: docs/SECURITY.md)")
+    if tracking_uri and urlparse(tracking_uri).password:
+        raise UserError("--tracking-uri holds a password (user:pass@host), which would be readable in the job's "
+                        "metadata; drop it from the URI and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                        "on the cluster's nodes (docs/SECURITY.md)")
+
+
+def git_ignored(project: Path) -> list[str]:
+    """What git ignores in ``project`` (its .gitignore files, .git/info/exclude, the global excludes file), as
+    anchored patterns; [] when ``project`` is not a git checkout or git is missing."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(project), "ls-files", "--others", "--ignored", "--exclude-standard",
+                              "--directory", "-z"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return ["/" + p for p in out.stdout.decode(errors="replace").split("\0") if p]
+
+
+def upload_excludes(project: Path) -> list[str]:
+    """Every exclude pattern of the job: build clutter, credentials, and what git ignores."""
+    return list(EXCLUDES) + SECRET_EXCLUDES + git_ignored(project)
+
+
+def upload_list(working_dir: Path, excludes: list[str]) -> list[str]:
+    """The files Ray would upload for ``working_dir`` with ``excludes`` (Ray's own packing code, into a temp zip)."""
+    import zipfile
+
+    from ray._private import ray_constants
+    from ray._private.runtime_env.packaging import _zip_files
+
+    with tempfile.TemporaryDirectory(prefix="coloc-upload-") as d:
+        z = Path(d) / "pkg.zip"
+        _zip_files(str(working_dir), ray_constants.get_runtime_env_default_excludes() + list(excludes), str(z),
+                   include_gitignore=True)
+        return sorted(n for n in zipfile.ZipFile(z).namelist() if not n.endswith("/"))
+
+
 def _study_in_project(study: Path, project: Path) -> str | None:
     try:
         return study.resolve().relative_to(project.resolve()).as_posix()
@@ -98,11 +166,11 @@ def _study_in_project(study: Path, project: Path) -> str | None:
 def stage_working_dir(project: Path, study: Path) -> tuple[Path, str]:
     """A temp copy of the project code with ``study`` inside it (for a study file outside the checkout).
 
-    The copy leaves out what :data:`EXCLUDES` leaves out, matched the way Ray matches them.
+    The copy leaves out what :func:`upload_excludes` leaves out, matched the way Ray matches them.
     """
     from ray._private.thirdparty.pathspec import PathSpec  # Ray's own matcher (Ray is pinned)
 
-    spec = PathSpec.from_lines("gitwildmatch", EXCLUDES)
+    spec = PathSpec.from_lines("gitwildmatch", upload_excludes(project))
 
     def ignore(dirpath, names):
         rel = Path(dirpath).relative_to(project)
@@ -130,14 +198,17 @@ def runtime_env(working_dir: Path, address: str, tracking_uri: str | None = None
         env_vars.update(LOOPBACK_ENV)  # a loopback head: its drivers must bind to 127.0.0.1 too
     if tracking_uri:
         env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    check_secrets(env, tracking_uri)
     env_vars.update(env or {})
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env_vars}
+    return {"working_dir": str(working_dir), "excludes": upload_excludes(working_dir), "env_vars": env_vars}
 
 
 def submit_study(study: str | Path, address: str, *, token_file: str | None = None, tracking_uri: str | None = None,
                  out: str | None = None, env: dict[str, str] | None = None, project: Path | None = None,
-                 submission_id: str | None = None) -> str:
+                 submission_id: str | None = None, dry_run: bool = False) -> str:
     """Validate ``study`` locally, then submit ``coloc run`` for it as a Ray job; returns the job id.
+
+    With ``dry_run`` nothing is sent: returns what would be (entrypoint, env var names, every uploaded file).
 
     Args:
         study: the study YAML.
@@ -148,9 +219,11 @@ def submit_study(study: str | Path, address: str, *, token_file: str | None = No
         env: extra env vars for the job (e.g. ``HF_TOKEN`` is better put on the cluster itself).
         project: the checkout to ship (default: the one this package is imported from).
         submission_id: job id to use (default ``coloc-<name>-<time>-<rand>``).
+        dry_run: only show what would be sent.
     """
     from coloc_ray.ablation.study_config import load_study, validate_study
 
+    check_secrets(env, tracking_uri)
     study = Path(study)
     cfg = load_study(study)
     errs = validate_study(cfg)
@@ -165,6 +238,15 @@ def submit_study(study: str | Path, address: str, *, token_file: str | None = No
     study_dir = out or str(cfg.study_dir())
     metadata = {f"{META_PREFIX}study": cfg.name, f"{META_PREFIX}study_file": rel, f"{META_PREFIX}study_dir": study_dir,
                 f"{META_PREFIX}tracking_uri": tracking_uri or ""}  # "": the cluster's own MLFLOW_TRACKING_URI
+    if dry_run:
+        try:
+            renv = runtime_env(workdir, address, tracking_uri, env)
+            files = upload_list(workdir, renv["excludes"])
+        finally:
+            if workdir != project:
+                shutil.rmtree(workdir.parent, ignore_errors=True)
+        return "\n".join([f"entrypoint: {shlex.join(entry)}", f"env vars: {', '.join(sorted(renv['env_vars']))}",
+                          f"working_dir: {len(files)} files would be uploaded:"] + [f"  {f}" for f in files])
     client = connect(address, token_file)
     sid = submission_id or f"coloc-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     try:

@@ -26,7 +26,10 @@ def register(sub) -> None:
     _cluster_args(s)
     s.add_argument("--tracking-uri", default=None, help="MLflow URI for the job (default: the cluster's own MLFLOW_TRACKING_URI)")
     s.add_argument("--out", default=None, help="study directory on the cluster (default output_dir or runs/<name>)")
-    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env var for the job")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra env var for the job (not credentials: the dashboard shows them; docs/SECURITY.md)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="send nothing: print the entrypoint, env var names and every file that would be uploaded")
     s.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if it SUCCEEDED")
     s.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
     s.set_defaults(func=_submit)
@@ -57,8 +60,10 @@ def _submit(args) -> int:
     from coloc_ray.ablation import submit as sb
 
     job_id = sb.submit_study(args.study, args.address, token_file=args.token_file, tracking_uri=args.tracking_uri,
-                             out=args.out, env=_parse_env(args.env))
+                             out=args.out, env=_parse_env(args.env), dry_run=args.dry_run)
     print(job_id, flush=True)
+    if args.dry_run:
+        return 0
     if not args.wait:
         print(f"follow it: coloc logs {job_id} --follow --address {args.address}", file=sys.stderr)
         return 0

@@ -128,3 +128,74 @@ def test_lost_connection_mid_session_is_a_user_error():
 
     with pytest.raises(UserError, match="lost the Ray dashboard"):
         sb._call("http://127.0.0.1:8265", drop)
+
+
+SECRETS = [".env", "cluster/.env.prod", ".netrc", "hf_token", "conf/ray_auth_token.txt", "certs/server.pem",
+           "keys/id_ed25519", "keys/id_rsa.pub", ".coloc/ray_token", "nested/.aws/credentials", "notes/secret.yaml",
+           "ignored_by_git/data.json", "debug.log", "sub/local.cfg"]
+KEEP = ["coloc_ray/ablation/submit.py", "coloc_ray/tokenize_utils.py", "studies/a.yaml", ".gitignore",
+        "sub/.gitignore", "README.md"]
+
+
+def _stand_in_checkout(root: Path) -> Path:
+    """A git checkout holding code, planted credentials, and files its .gitignore files ignore."""
+    import subprocess
+
+    for f in SECRETS + KEEP:
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_text("x")
+    (root / ".gitignore").write_text("ignored_by_git/\n*.log\n")
+    (root / "sub" / ".gitignore").write_text("local.cfg\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return root
+
+
+def test_upload_leaves_out_secrets_and_git_ignored_files(tmp_path, monkeypatch):
+    proj = _stand_in_checkout(tmp_path / "proj")
+    monkeypatch.setenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1")  # even when Ray is told to skip .gitignore
+    renv = sb.runtime_env(proj, "http://127.0.0.1:8265")
+    uploaded = sb.upload_list(proj, renv["excludes"])
+    assert sorted(uploaded) == sorted(KEEP)  # the code ships, not one planted secret or ignored file
+    # the control: Ray's own defaults alone would upload every planted secret that git does not ignore
+    bare = sb.upload_list(proj, [])
+    assert {".env", ".netrc", "hf_token", "certs/server.pem", "keys/id_ed25519", ".coloc/ray_token"} <= set(bare)
+
+
+def test_staged_copy_leaves_out_secrets(tmp_path):
+    proj = _stand_in_checkout(tmp_path / "proj")
+    study = tmp_path / "elsewhere.yaml"
+    study.write_text(TINY.read_text())
+    work, rel = sb.stage_working_dir(proj, study)
+    try:
+        kept = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file() and ".git/" not in
+                      p.relative_to(work).as_posix() + "/")
+        assert kept == sorted(KEEP + [rel])
+    finally:
+        import shutil
+
+        shutil.rmtree(work.parent)
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD",
+                                  "WANDB_API_KEY", "AWS_SHARED_CREDENTIALS_FILE", "GITHUB_TOKEN", "OPENAI_APIKEY",
+                                  "db_password", "AWS_SESSION_TOKEN"])
+def test_secret_looking_env_names_are_refused(name, no_auth_env):
+    with pytest.raises(UserError, match=f"--env {name}: looks like a credential.*nodes"):
+        sb.submit_study(TINY, f"http://127.0.0.1:{free_port()}", env={name: "v"})
+
+
+@pytest.mark.parametrize("name", ["TOKENIZERS_PARALLELISM", "HF_HOME", "OMP_NUM_THREADS", "MONKEY_MODE",
+                                  "MLFLOW_TRACKING_USERNAME", "RAY_AUTH_MODE"])
+def test_plain_env_names_pass(name):
+    assert not sb.looks_secret(name)
+    sb.check_secrets({name: "v"}, "http://mlflow:5000")
+
+
+def test_password_in_tracking_uri_is_refused_and_cli_exits_2(tmp_path):
+    with pytest.raises(UserError, match="holds a password"):
+        sb.check_secrets(None, "http://alice:hunter2@mlflow:5000")
+    env = {"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": ""}
+    r = run_cli("submit", str(TINY), "--env", "HF_TOKEN=hf_abc", "--address", "http://127.0.0.1:1", env=env,
+                timeout=120)
+    assert r.returncode == 2 and "looks like a credential" in r.stderr and "hf_abc" not in r.stderr + r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1
