@@ -13,9 +13,10 @@ ARM_COLORS = {"base": "0.45", "A": "#c0392b", "B": "#e67e22", "C": "#8e44ad", "D
 
 
 def plot_null(null: dict, labels: dict[str, str], path: str | Path, base: dict | None = None,
-              scale: float = 100.0) -> Path:
-    """One panel per benchmark: arm-D runs as a jittered strip (a histogram behind it when n >= 10),
-    arm A's runs as diamonds and its mean as a red line, the base model as a dashed grey line.
+              scale: float = 100.0, unscaled: Sequence[str] = ()) -> Path:
+    """One panel per metric: the arm-D null (one unit per control seed) as a jittered strip (a histogram
+    behind it when n >= 10), arm A's runs as diamonds and its mean as a red line, the base model as a
+    dashed grey line. Metrics in ``unscaled`` (held-out loss) are drawn in their own unit, lower is better.
 
     Args:
         null: :func:`coloc_ray.analysis.ablation_stats.null_table` output.
@@ -32,23 +33,24 @@ def plot_null(null: dict, labels: dict[str, str], path: str | Path, base: dict |
     rng = np.random.default_rng(0)  # jitter only: fixed so the figure is reproducible
     for ax, bench in zip(axes.ravel(), benches):
         e = null[bench]
-        d = np.asarray(e["null"], dtype=float) * scale
+        k = 1.0 if bench in unscaled else scale
+        d = np.asarray(e["null"], dtype=float) * k
         if d.size >= 10:
             ax.hist(d, bins=min(20, d.size // 2), color=ARM_COLORS["D"], alpha=0.25,
                     weights=np.full(d.size, 1.0 / d.size))
         ax.scatter(d, 0.5 + rng.uniform(-0.12, 0.12, d.size) if d.size else d, s=28,
-                   color=ARM_COLORS["D"], label=f"D runs (n={d.size})", zorder=3)
-        a = np.asarray(e["a_scores"], dtype=float) * scale
+                   color=ARM_COLORS["D"], label="D (one per control seed)", zorder=3)
+        a = np.asarray(e["a_scores"], dtype=float) * k
         ax.scatter(a, np.full(a.size, 0.8), marker="D", s=34, color=ARM_COLORS["A"], label="A runs", zorder=3)
         if e["a_mean"] is not None:
-            ax.axvline(e["a_mean"] * scale, color=ARM_COLORS["A"], lw=2, label="A mean")
+            ax.axvline(e["a_mean"] * k, color=ARM_COLORS["A"], lw=2, label="A mean")
         if base and bench in base:
-            ax.axvline(base[bench] * scale, color=ARM_COLORS["base"], ls="--", lw=1.4, label="base")
-        p = "n/a" if e["p"] is None else f"{e['p']:.3g}" + ("" if e["meaningful"] else " (too few D runs)")
+            ax.axvline(base[bench] * k, color=ARM_COLORS["base"], ls="--", lw=1.4, label="base")
+        p = "n/a" if e["p"] is None else f"{e['p']:.3g}" + ("" if e["meaningful"] else " (too few D seeds)")
         ax.set_title(f"{labels.get(bench, bench)}: empirical p = {p}", fontsize=9)
         ax.set_yticks([])
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("score (points)", fontsize=8)
+        ax.set_xlabel("loss (nats/token, lower is better)" if bench in unscaled else "score (points)", fontsize=8)
         ax.grid(axis="x", alpha=0.25)
     for ax in axes.ravel()[len(benches):]:
         ax.axis("off")

@@ -7,12 +7,15 @@ loaders return what they could read, so a partial study still gets a report.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from coloc_ray.analysis import ablation_stats as st
 
 BENCH_ORDER = ("mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge")
 ARM_ORDER = ("A", "B", "C", "D")
+#: The fine-tune's held-out loss as a metric beside the benchmarks (lower is better, not in the Avg).
+HELDOUT = "heldout_loss"
 
 
 def read_json_checked(path: Path, problems: list[str], what: str):
@@ -64,13 +67,39 @@ def _scores(ev, who: str, problems: list[str]) -> dict[str, float]:
     return out
 
 
+def heldout_loss(finetune) -> tuple[float | None, dict[str, float] | None]:
+    """A fine-tune's held-out loss: (run value, per-record losses or None) from its ``metrics.json``.
+
+    With ``heldout_record_losses`` ({record id: loss}, the same held-out records for every arm) the run
+    value is their mean, so the run value and the per-record rows agree; otherwise ``final_eval_loss``
+    (run level only). Lower is better. The base model has no fine-tune, hence no value.
+    """
+    ft = finetune if isinstance(finetune, dict) else {}
+    per = ft.get("heldout_record_losses")
+    if isinstance(per, dict) and per:
+        try:
+            vals = {str(k): float(v) for k, v in per.items()}
+        except (TypeError, ValueError):
+            vals = {}
+        if vals and all(map(math.isfinite, vals.values())):
+            return sum(vals.values()) / len(vals), vals
+    v = ft.get("final_eval_loss")
+    return (float(v), None) if isinstance(v, (int, float)) and math.isfinite(v) else (None, None)
+
+
 def _load_run(rec: dict, tdir: Path, who: str, problems: list[str]) -> dict:
     scores = _scores(rec.get("eval"), who, problems)
     dirs = [Path(rec["items_dir"])] if rec.get("items_dir") else []
     dirs += [tdir / "eval" / "items", tdir / "items"]  # the study may have moved since it ran
+    items = _load_items(dirs, scores, who, problems)
+    loss, per_record = heldout_loss(rec.get("finetune"))
+    if loss is not None:
+        scores[HELDOUT] = loss
+        if per_record:
+            items[HELDOUT] = per_record
     return {"trial_id": rec.get("trial_id", tdir.name), "arm": rec.get("arm", "?"),
             "control_seed": rec.get("control_seed"), "train_seed": rec.get("train_seed"),
-            "scores": scores, "items": _load_items(dirs, scores, who, problems),
+            "scores": scores, "items": items,
             "gpu_hours": float(rec.get("gpu_hours") or 0.0), "wall_s": float(rec.get("wall_s") or 0.0)}
 
 
@@ -117,6 +146,10 @@ def missing_grid(runs: list[dict], problems: list[str]) -> None:
                 problems.append(f"arm {arm}: no result for {seed}training seed {t}")
 
 
+def has_heldout(runs) -> bool:
+    return any(HELDOUT in r["scores"] for r in runs)
+
+
 def missing_benches(base, runs, benches, problems: list[str]) -> None:
     for r in ([base] if base else []) + runs:
         for b in benches:
@@ -131,7 +164,7 @@ def by_arm(runs: list[dict]) -> dict[str, list[dict]]:
 
 
 def benchmarks(base, runs) -> list[str]:
-    seen = {b for r in ([base] if base else []) + runs for b in r["scores"]}
+    seen = {b for r in ([base] if base else []) + runs for b in r["scores"]} - {HELDOUT}
     return [b for b in BENCH_ORDER if b in seen] + sorted(seen - set(BENCH_ORDER))
 
 

@@ -36,6 +36,16 @@ def _write_eval(d: Path, items: dict) -> dict:
     return ev
 
 
+HELDOUT_RECORDS = 12
+LOSS = {"A": 1.8, "B": 1.9, "C": 1.95, "D": 2.0}
+
+
+def heldout_losses(arm, cs, ts):
+    """Per-record held-out losses of one fine-tune (the same record ids for every arm)."""
+    rng = np.random.default_rng(zlib.crc32(repr(("loss", arm, cs, ts)).encode()))
+    return {f"rec{i}": float(LOSS[arm] + rng.normal(0, 0.2)) for i in range(HELDOUT_RECORDS)}
+
+
 def trial_id(arm, cs, ts):
     return f"{arm}-c{cs}-t{ts}" if cs is not None else f"{arm}-t{ts}"
 
@@ -56,7 +66,9 @@ def build_study(root: Path) -> Path:
                 ev = _write_eval(tdir / "eval", _items(arm, cs, ts))
                 (tdir / "result.json").write_text(json.dumps({
                     "trial_id": trial_id(arm, cs, ts), "arm": arm, "control_seed": cs, "train_seed": ts,
-                    "lora_layers": [0, 1, 2], "garfa_layers": [0, 1, 2], "finetune": {"steps": 3}, "eval": ev,
+                    "lora_layers": [0, 1, 2], "garfa_layers": [0, 1, 2], "eval": ev,
+                    "finetune": {"steps": 3, "final_eval_loss": LOSS[arm],
+                                 "heldout_record_losses": heldout_losses(arm, cs, ts)},
                     "items_dir": str(tdir / "eval" / "items"), "wall_s": 900.0, "gpu_hours": GPU_HOURS,
                     "mlflow_run_id": None}))
     rng = np.random.default_rng(0)

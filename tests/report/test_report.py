@@ -53,34 +53,90 @@ def test_table4_against_independent_aggregation(study):
     assert a["aggregated_over"] == "training seeds" and d["aggregated_over"].startswith("control seeds")
 
 
-def test_table5_paired_bootstrap_against_hand_resampling(study):
+def _holm(ps: dict) -> dict:
+    # Holm (1979) from its definition: ascending p, multiply by (m - rank + 1), running max, cap at 1.
+    keys, out, best = sorted(ps, key=ps.get), {}, 0.0
+    for rank, k in enumerate(keys, start=1):
+        best = max(best, (len(keys) - rank + 1) * ps[k])
+        out[k] = min(1.0, best)
+    return out
+
+
+def test_table5_runs_are_the_unit_against_direct_computation(study):
+    """A - D: the item-mean difference of arm means, runs counted once each, Holm across benchmarks,
+    the average as its own claim. (The interval itself is checked by simulation in tests/analysis.)"""
     res = build_report(study)
-    rng = np.random.default_rng(123)
+    d_ids = [trial_id("D", c, t) for c in CONTROL_SEEDS for t in TRAIN_SEEDS]
+    a_ids = [trial_id("A", None, t) for t in TRAIN_SEEDS]
     for b in BENCHES:
-        diffs = []
-        for t in TRAIN_SEEDS:  # A (no control seed) pairs with every D run of its training seed
-            ia = _items(study, trial_id("A", None, t), b)
-            for c in CONTROL_SEEDS:
-                idd = _items(study, trial_id("D", c, t), b)
-                diffs += [ia[k] - idd[k] for k in sorted(ia)]
-        diffs = np.array(diffs)
+        ia = [_items(study, t, b) for t in a_ids]
+        idd = [_items(study, t, b) for t in d_ids]
+        ids = sorted(ia[0])
+        diff = np.mean([np.mean([x[k] for x in ia]) - np.mean([x[k] for x in idd]) for k in ids])
         t5 = res["table5_a_minus_d"][b]
-        assert t5["diff"] == pytest.approx(diffs.mean())
-        assert t5["n_items"] == diffs.size and t5["n_pairs"] == len(TRAIN_SEEDS) * len(CONTROL_SEEDS)
-        boot = diffs[rng.integers(0, diffs.size, (4000, diffs.size))].mean(axis=1)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        assert t5["ci_low"] == pytest.approx(lo, abs=0.02) and t5["ci_high"] == pytest.approx(hi, abs=0.02)
+        assert t5["diff"] == pytest.approx(diff)
+        assert (t5["n_a"], t5["n_b"], t5["n_items"]) == (len(a_ids), len(d_ids), BENCHES[b])
+        assert t5["ci_low"] < t5["diff"] < t5["ci_high"]
+        # CI and p agree: the interval excludes 0 exactly when p < 0.05
+        assert (t5["ci_low"] > 0 or t5["ci_high"] < 0) == (t5["p"] < 0.05)
+    raw = {b: res["table5_a_minus_d"][b]["p"] for b in BENCHES}
+    for b, adj in _holm(raw).items():
+        assert res["table5_a_minus_d"][b]["p_holm"] == pytest.approx(adj)
+    avg = res["a_minus_d_avg"]
+    assert avg["diff"] == pytest.approx(_row(res, "A")["avg"]["mean"] - _row(res, "D")["avg"]["mean"])
+    assert avg["ci_low"] < avg["diff"] < avg["ci_high"]
+    assert res["a_minus_base_avg"]["diff"] == pytest.approx(_row(res, "A")["delta_vs_base"]["avg"])
+
+
+def test_heldout_loss_is_a_first_class_metric(study):
+    from tests.report.conftest import heldout_losses
+
+    res = build_report(study)
+    assert res["extra_metrics"] == ["heldout_loss"] and "heldout_loss" not in res["benchmarks"]
+    a_runs = [heldout_losses("A", None, t) for t in TRAIN_SEEDS]
+    d_runs = [heldout_losses("D", c, t) for c in CONTROL_SEEDS for t in TRAIN_SEEDS]
+    a_means, d_means = [np.mean(list(x.values())) for x in a_runs], [np.mean(list(x.values())) for x in d_runs]
+    assert _row(res, "A")["scores"]["heldout_loss"]["mean"] == pytest.approx(np.mean(a_means))
+    assert _row(res, "D")["scores"]["heldout_loss"]["std"] == pytest.approx(statistics.stdev(d_means))
+    assert _row(res, "base")["scores"]["heldout_loss"]["mean"] is None  # no fine-tune: n/a
+    t5 = res["table5_a_minus_d"]["heldout_loss"]
+    assert t5["diff"] == pytest.approx(np.mean(a_means) - np.mean(d_means))
+    assert t5["p_holm"] == t5["p"]  # its own claim, outside the benchmark family
+    assert t5["ci_high"] < 0  # A's loss is 0.2 nats lower by construction
+    assert res["a_minus_base"]["heldout_loss"]["diff"] is None
+    # the null for a lower-is-better metric counts D units at or below A
+    e = res["null"]["heldout_loss"]
+    d_units = [np.mean([np.mean(list(heldout_losses("D", c, t).values())) for t in TRAIN_SEEDS]) for c in CONTROL_SEEDS]
+    assert sorted(e["null"]) == pytest.approx(sorted(d_units))
+    assert e["p"] == pytest.approx((1 + sum(x <= np.mean(a_means) for x in d_units)) / (len(d_units) + 1))
+    md = (study / "report" / "report.md").read_text()
+    assert "held-out loss" in md.split("## Table 4", 1)[1].split("\n", 3)[2]
+    assert "| base model (no fine-tuning) |" in md and "n/a" in md.split("| base model (no fine-tuning) |", 1)[1].split("\n", 1)[0]
+    assert "Held-out loss (lower is better): A's is lower (better) than D's" in res["headline"]
+
+
+def test_heldout_falls_back_to_run_level_final_eval_loss(study):
+    for p in (study / "trials").glob("*/result.json"):
+        rec = json.loads(p.read_text())
+        del rec["finetune"]["heldout_record_losses"]
+        p.write_text(json.dumps(rec))
+    res = build_report(study)
+    t5 = res["table5_a_minus_d"]["heldout_loss"]
+    assert t5["diff"] == pytest.approx(1.8 - 2.0) and t5["n_items"] == 0
+    assert t5["interval"].startswith("runs only")
 
 
 def test_null_p_cost_and_markdown(study):
     res = build_report(study)
     for b in BENCHES:
-        null = [_scores(study, trial_id("D", c, t))[b]["score"] for c in CONTROL_SEEDS for t in TRAIN_SEEDS]
+        # like with like: A's mean over its training seeds vs D's mean over the same seeds, per control seed
+        null = [statistics.mean(_scores(study, trial_id("D", c, t))[b]["score"] for t in TRAIN_SEEDS)
+                for c in CONTROL_SEEDS]
         a_mean = statistics.mean(_scores(study, trial_id("A", None, t))[b]["score"] for t in TRAIN_SEEDS)
         e = res["null"][b]
         assert sorted(e["null"]) == pytest.approx(sorted(null))
         assert e["p"] == pytest.approx((1 + sum(x >= a_mean for x in null)) / (len(null) + 1))
-        assert e["meaningful"] is False  # 6 D runs cannot give p < 0.05
+        assert e["meaningful"] is False  # 3 control seeds cannot give p < 0.05
     n_trials = len(TRAIN_SEEDS) * (1 + 3 * len(CONTROL_SEEDS))
     assert res["cost"]["total"]["gpu_hours"] == pytest.approx(n_trials * GPU_HOURS)
     assert res["cost"]["total"]["cost"] == pytest.approx(n_trials * GPU_HOURS * RATE)
@@ -113,7 +169,7 @@ def test_missing_trial_and_benchmark_are_reported(study):
     assert _row(res, "D")["scores"]["mmlu"]["n"] == 5
     assert _row(res, "B")["scores"]["arc_challenge"]["n"] == 5
     assert _row(res, "B")["avg"]["n"] == 5  # the run without ARC is left out of Avg
-    assert res["table5_a_minus_d"]["mmlu"]["n_pairs"] == 5
+    assert res["table5_a_minus_d"]["mmlu"]["n_b"] == 5  # D's five remaining runs, each counted once
     md = (study / "report" / "report.md").read_text()
     assert "no score for benchmark arc_challenge" in md.split("## Problems", 1)[1]
 
@@ -147,7 +203,8 @@ def test_contract_base_layout_and_saved_analysis(study):
     assert res["problems"] == []
     base_scores = json.loads((base / "eval.json").read_text())
     assert _row(res, "base")["scores"]["mmlu"]["mean"] == pytest.approx(base_scores["mmlu"]["score"])
-    assert res["a_minus_base"]["mmlu"]["n_items"] == BENCHES["mmlu"] * len(TRAIN_SEEDS)
+    assert res["a_minus_base"]["mmlu"]["n_items"] == BENCHES["mmlu"]
+    assert res["a_minus_base"]["mmlu"]["n_a"] == len(TRAIN_SEEDS)
     assert res["colocalization"]["spearman_r"] == -0.5  # the saved analysis is used, not recomputed
     assert "overlap 1 vs 1.12 expected" in res["headline"]
 
@@ -165,10 +222,10 @@ def test_tied_arms_are_called_level_not_above_or_below(tmp_path, monkeypatch):
     md = (study / "report" / "report.md").read_text()
     headline = md.split("**Headline.**", 1)[1].split("\n", 1)[0]
     assert "A is level with it on average" in headline
-    assert " > " not in headline.split("Ordering by Avg:", 1)[1].split("(the paper", 1)[0]
+    assert " > " not in headline.split("Ordering by Avg", 1)[1].split("(the paper", 1)[0]
     assert all(r["avg"]["mean"] == res["table4"][0]["avg"]["mean"] for r in res["table4"])
     # A tie everywhere is said once, not as a "range" from a benchmark to itself
     assert "A − D is +0.00 on every benchmark" in headline and "ranges from" not in headline
-    ps = sorted({v["p"] for v in res["null"].values() if v["p"] is not None})
+    ps = sorted({v["p"] for b, v in res["null"].items() if v["p"] is not None and b in res["benchmarks"]})
     assert len(ps) == 1  # every benchmark ties, so every benchmark has the same empirical p
     assert f"A's empirical p is {ps[0]:.3g}," in headline or f"A's empirical p is {ps[0]:.3g} over" in headline
