@@ -47,7 +47,33 @@ def _eval(args) -> int:
         err = e.errors()[0]
         raise UserError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']} "
                         f"(got {err.get('input')!r})") from None
+    _check_out(args.out)
+    if args.adapter:  # an incomplete or corrupt adapter is refused before the model loads (seconds, not minutes)
+        from pathlib import Path
+
+        from coloc_ray.finetune.adapter import MODEL_INFO, _read_json_file, adapter_parts
+
+        if not Path(args.adapter).is_dir():
+            raise UserError(f"--adapter {args.adapter!r}: no such directory; give a `coloc finetune` output dir")
+        if (Path(args.adapter) / MODEL_INFO).is_file():
+            _read_json_file(Path(args.adapter) / MODEL_INFO, "re-run `coloc finetune` or restore the file")
+        adapter_parts(args.adapter)
     results = run_eval(cfg, args.out)
     print(json.dumps({b: {k: r[k] for k in ("score", "ci_low", "ci_high", "n", "metric")}
                       for b, r in results.items()}, indent=2))
     return 0
+
+
+def _check_out(out: str) -> None:
+    """``--out`` must be a directory we can create or write, checked before any work."""
+    import os
+    from pathlib import Path
+
+    from coloc_ray.errors import UserError
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {out!r} is a file; give a directory")
+    anchor = next((a for a in [p, *p.parents] if a.exists()), Path("."))
+    if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out!r}: {str(anchor)!r} is not writable; give a directory you can write")
