@@ -4,8 +4,9 @@ A checkpoint directory holds ``trainable.safetensors`` (LoRA weights + rho, by p
 ``state.pt`` (optimizer, scheduler, step, data position, loss history), both from rank 0, and one
 ``rng_rank{r}.pt`` per rank (each rank's dropout stream differs; Ray merges the ranks' directories).
 FSDP writes the same files from gathered (full) state; ZeRO-3 adds DeepSpeed's own ``zero3/`` shards. ``state.pt`` is a
-torch pickle of our own state dicts, written and read only by this module, and only inside checkpoints;
-final artifacts (the adapter dir) never contain a pickle.
+torch pickle of our own state dicts, written and read only by this module, and only inside checkpoints; it is
+read with ``torch.load(weights_only=True)``, which unpickles only tensors and plain containers, so a tampered
+checkpoint cannot run code on resume. Final artifacts (the adapter dir) never contain a pickle.
 """
 
 from __future__ import annotations
@@ -79,18 +80,29 @@ def load_state(ckpt_dir: str | Path, model, optimizer, scheduler, rank: int = 0)
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name].to(p.device, p.dtype))
-    # weights_only=False: the blob is our own (optimizer state holds plain python containers and tensors).
-    blob = torch.load(d / STATE, map_location="cpu", weights_only=False)
+    blob = _load_blob(d / STATE)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     _load_rng(d, rank)
     return LoopState(**blob["loop"])
 
 
+def _load_blob(path: Path) -> dict:
+    """A checkpoint's pickle, tensors and plain containers only (``weights_only``: no code runs on load)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise RuntimeError(f"checkpoint file {path} is corrupt or holds more than tensors and plain data "
+                           f"({first}); resume from an earlier checkpoint or start afresh") from None
+
+
 def _load_rng(d: Path, rank: int) -> None:
     rng_file = d / f"rng_rank{rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: those start a fresh stream
-        rng = torch.load(rng_file, map_location="cpu", weights_only=False)
+        rng = _load_blob(rng_file)
         torch.set_rng_state(rng["cpu"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -141,7 +153,7 @@ def load_state_fsdp(ckpt_dir, model, optimizer, scheduler, rank: int = 0) -> Loo
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     d = Path(ckpt_dir)
-    blob = torch.load(d / STATE, map_location="cpu", weights_only=False)  # our own blob, see save_state
+    blob = _load_blob(d / STATE)
     if blob.get("strategy") != "fsdp":
         raise RuntimeError(f"checkpoint {d} was not written by the FSDP strategy; resume with the strategy "
                            "that wrote it")
@@ -173,7 +185,7 @@ def load_state_zero3(ckpt_dir, engine, optimizer, scheduler, rank: int = 0) -> L
     if path is None:
         raise RuntimeError(f"checkpoint {d} has no DeepSpeed checkpoint {ZERO3_TAG}/; resume with the strategy "
                            "that wrote it")
-    blob = torch.load(d / STATE, map_location="cpu", weights_only=False)
+    blob = _load_blob(d / STATE)
     scheduler.load_state_dict(blob["scheduler"])
     _load_rng(d, rank)
     return LoopState(**blob["loop"])
