@@ -35,7 +35,8 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
     ana = sr.read_json_checked(path, problems, "analysis") if path.is_file() else None
     try:
         if ana is None and sens and rope:
-            ana = analyze(sens["scores"], rope["scores"], top_k=int(sens.get("top_k") or 10))
+            interp = [i for i, f in enumerate(rope.get("interpolated") or []) if f]
+            ana = analyze(sens["scores"], rope["scores"], top_k=int(sens.get("top_k") or 10), exclude=interp)
         if ana and sens and rope:
             plot_profiles(sens["scores"], rope["scores"], ana["sensitive_layers"], ana["rope_layers"],
                           out / "profiles.png", title=f"{sens.get('model') or ''}")
@@ -377,8 +378,13 @@ def _md_coloc(res: dict) -> list[str]:
                [f"top-{a['top_k']} sensitive layers S", str(a["sensitive_layers"])],
                [f"top-{a['top_k']} RoPE layers", str(a["rope_layers"])],
                ["overlap (expected; P(X ≤ o))", f"{a['overlap']} ({a['expected_overlap']:.3g}; {a['overlap_p']:.3g})"],
-               ["partial r given depth (p)", f"{a['partial_r']:+.3f} ({a['partial_p']:.3g})"],
-               ["circular-shift p", f"{a['circular_shift_p']:.3g}"]]), ""]
+               ["partial r given depth (t p)", f"{a['partial_r']:+.3f} ({a['partial_p']:.3g})"],
+               ["depth-surrogate p (phase-randomized, keeps autocorrelation; the depth control)",
+                _p(a.get("depth_surrogate_p"))],
+               ["circular-shift p (not a depth control: floor 1/L for trending profiles)",
+                f"{a['circular_shift_p']:.3g}"]]), ""]
+    if a.get("excluded_layers"):
+        out += [f"Interpolated RoPE layers {a['excluded_layers']} are left out of every statistic.", ""]
     if a.get("interpretation"):
         out += [a["interpretation"], ""]
     return out + [f"![{f}]({f})" for f in ("profiles.png", "rank_scatter.png") if f in res.get("figures", [])] + [""]

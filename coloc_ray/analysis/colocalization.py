@@ -2,8 +2,11 @@
 
 ``analyze(S, I)`` returns the ``analysis.json`` record: Spearman r (scipy p and a seeded
 permutation p), the top-k overlap against its hypergeometric null, and the depth control
-(partial Spearman given layer index, circular-shift p). Both profiles often trend with depth,
-which alone makes r negative; the depth-controlled numbers say whether anything is left.
+(partial Spearman given layer index, and its p under phase-randomized surrogates that keep each
+profile's autocorrelation). Both profiles often trend with depth, which alone makes r negative; the
+depth-controlled numbers say whether anything is left. The circular-shift p is kept for comparison
+but is not a depth control (floor 1/L for two trending profiles). Interpolated layers (a RoPE probe
+run on a ``layers`` subset) are left out of every statistic.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from coloc_ray.analysis.stats import (
     as_profile,
     bootstrap_ci,
     circular_shift_p,
+    depth_surrogate_p,
     empirical_p,
     paired_bootstrap_ci,
     partial_spearman,
@@ -66,7 +70,7 @@ def _check_pair(sens, rope) -> tuple:
 
 
 def analyze(sens: Sequence[float], rope: Sequence[float], top_k: int = 10, n_perm: int = 10000,
-            seed: int = 0) -> dict:
+            seed: int = 0, exclude: Sequence[int] = (), n_surr: int = 2000) -> dict:
     """All co-localization statistics of two per-layer profiles (the ``analysis.json`` record).
 
     Args:
@@ -74,21 +78,29 @@ def analyze(sens: Sequence[float], rope: Sequence[float], top_k: int = 10, n_per
         rope: RoPE influence I_l, one value per layer.
         top_k: size of the top sets compared by overlap.
         n_perm: random re-pairings for ``permutation_p``.
-        seed: seed of the permutation null.
+        seed: seed of the permutation null and of the depth surrogates.
+        exclude: layers left out of every statistic (the RoPE probe's interpolated layers). The
+            sensitive set S is still the top-k of every layer (S is measured everywhere); the RoPE
+            set and the overlap use measured layers only.
+        n_surr: phase-randomized surrogates for ``depth_surrogate_p``.
 
     Returns:
         dict with spearman_r, spearman_p, permutation_p, top_k, sensitive_layers, rope_layers,
-        overlap, expected_overlap, overlap_p, partial_r, partial_p, circular_shift_p, num_layers,
-        n_perm, seed, interpretation.
+        overlap, expected_overlap, overlap_p, partial_r, partial_p, depth_surrogate_p,
+        circular_shift_p, num_layers, measured_layers, excluded_layers, n_perm, n_surr, seed,
+        interpretation.
     """
     if n_perm < 1:
         raise UserError(f"n_perm={n_perm}; use a positive number of permutations (e.g. 10000)")
-    s, r = _check_pair(sens, rope)
-    n = s.size
-    sensitive, rope_top = top_k_layers(s, top_k), top_k_layers(r, top_k)
-    overlap = len(set(sensitive) & set(rope_top))
+    s_all, r_all = _check_pair(sens, rope)
+    n = s_all.size
+    keep = [i for i in range(n) if i not in set(exclude)]
+    s, r = _check_pair(s_all[keep], r_all[keep]) if len(keep) < n else (s_all, r_all)
+    sensitive = top_k_layers(s_all, top_k)
+    rope_top = sorted(keep[i] for i in top_k_layers(r, top_k))
+    overlap = len(set(sensitive) & set(rope_top) & set(keep))
     rho, p = spearman(s, r)
-    partial_r, partial_p = partial_spearman(s, r)
+    partial_r, partial_p = partial_spearman(s, r, z=keep)
     out = {
         "spearman_r": rho,
         "spearman_p": p,
@@ -97,13 +109,17 @@ def analyze(sens: Sequence[float], rope: Sequence[float], top_k: int = 10, n_per
         "sensitive_layers": sensitive,
         "rope_layers": rope_top,
         "overlap": overlap,
-        "expected_overlap": expected_overlap(top_k, n),
-        "overlap_p": overlap_p(overlap, top_k, n),
+        "expected_overlap": expected_overlap(top_k, len(keep)),
+        "overlap_p": overlap_p(overlap, top_k, len(keep)),
         "partial_r": partial_r,
         "partial_p": partial_p,
+        "depth_surrogate_p": depth_surrogate_p(s, r, n_surr=n_surr, seed=seed),
         "circular_shift_p": circular_shift_p(s, r),
         "num_layers": n,
+        "measured_layers": len(keep),
+        "excluded_layers": sorted(set(range(n)) - set(keep)),
         "n_perm": n_perm,
+        "n_surr": n_surr,
         "seed": seed,
     }
     out["interpretation"] = interpret(out)
@@ -114,12 +130,13 @@ def interpret(a: dict) -> str:
     """One sentence on what the numbers support, with and without depth control (METHOD 3)."""
     sign = "anti-" if a["spearman_r"] < 0 else ""
     raw = a["spearman_p"] < ALPHA and a["permutation_p"] < ALPHA
-    depth = a["partial_p"] < ALPHA and a["circular_shift_p"] < ALPHA
+    depth_p = a.get("depth_surrogate_p", a["partial_p"])  # records written before the surrogate null
+    depth = a["partial_p"] < ALPHA and depth_p < ALPHA
     head = (f"Spearman r = {a['spearman_r']:+.3f} (p = {a['spearman_p']:.2g}, permutation p = "
             f"{a['permutation_p']:.2g}); top-{a['top_k']} overlap {a['overlap']} vs "
             f"{a['expected_overlap']:.3g} expected (P(X <= o) = {a['overlap_p']:.2g}). ")
-    ctrl = (f"Given depth: partial r = {a['partial_r']:+.3f} (p = {a['partial_p']:.2g}), "
-            f"circular-shift p = {a['circular_shift_p']:.2g}. ")
+    ctrl = (f"Given depth: partial r = {a['partial_r']:+.3f} (t p = {a['partial_p']:.2g}, depth-surrogate p = "
+            f"{depth_p:.2g}, phase-randomized, keeps autocorrelation). ")
     if raw and depth:
         verdict = f"The {sign}localization survives depth control."
     elif raw:

@@ -79,10 +79,10 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
     rp = check_probe(rope, "rope influence")
     _check_same_model(sens, rp)
     k = int(top_k if top_k is not None else sens.get("top_k") or 10)
-    result = analyze(sens["scores"], rp["scores"], top_k=k, n_perm=n_perm, seed=seed)
+    interp = [i for i, flag in enumerate(rp.get("interpolated") or []) if flag]
+    result = analyze(sens["scores"], rp["scores"], top_k=k, n_perm=n_perm, seed=seed, exclude=interp)
     result["model"] = sens.get("model") or rp.get("model")
-    interp = rp.get("interpolated") or []
-    result["rope_interpolated_layers"] = [i for i, flag in enumerate(interp) if flag]
+    result["rope_interpolated_layers"] = interp
     run = _open_run(tracker)
     result["mlflow_run_id"] = run.run_id if run is not None else None
     out = Path(out_dir)
@@ -120,7 +120,7 @@ def _open_run(tracker):
 
 
 _METRICS = ("spearman_r", "spearman_p", "permutation_p", "overlap", "expected_overlap", "overlap_p",
-            "partial_r", "partial_p", "circular_shift_p")
+            "partial_r", "partial_p", "depth_surrogate_p", "circular_shift_p")
 
 
 def _log(run, result: dict, sens: Mapping, rope: Mapping, out: Path) -> None:

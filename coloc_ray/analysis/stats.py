@@ -125,7 +125,9 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None) 
 
 
 def circular_shift_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Depth-structure-preserving p of Spearman r: all L-1 nonzero circular shifts of y against x.
+    """Circular-shift p of Spearman r: all L-1 nonzero circular shifts of y against x. Not a depth
+    control: for two profiles that both trend with depth it returns its floor 1/L (see
+    :func:`depth_surrogate_p` for one that is).
 
     Two-sided on |r|; the observed alignment counts as one member of the null (+1 correction),
     so p = (1 + #{shifts with |r_s| >= |r_obs|}) / L and the smallest attainable p is 1/L.
@@ -139,6 +141,49 @@ def circular_shift_p(x: np.ndarray, y: np.ndarray) -> float:
     null = np.array([abs(spearman(x, np.roll(y, s))[0]) for s in range(1, n)])
     hits = int(np.count_nonzero(null >= observed - 1e-12 * max(1.0, observed)))
     return (1 + hits) / n
+
+
+def _depth_residuals(v: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Ranks of v with a least-squares line in rank(z) removed (the residuals the partial r correlates)."""
+    from scipy import stats
+
+    design = np.column_stack([np.ones(z.size), stats.rankdata(z)])
+    rv = stats.rankdata(v)
+    coef, *_ = np.linalg.lstsq(design, rv, rcond=None)
+    return rv - design @ coef
+
+
+def phase_surrogates(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` phase-randomized surrogates of a 1-D series (rows): the same amplitude spectrum, hence the
+    same periodogram autocorrelation, with uniform random Fourier phases (Theiler et al. 1992). The
+    mean (DC term) and, for even length, the Nyquist term are kept as they are."""
+    f = np.fft.rfft(x - x.mean())
+    phases = rng.uniform(0.0, 2 * np.pi, size=(n, f.size))
+    phases[:, 0] = 0.0
+    if x.size % 2 == 0:
+        phases[:, -1] = 0.0
+    return np.fft.irfft(np.abs(f) * np.exp(1j * (np.angle(f) + phases)), n=x.size) + x.mean()
+
+
+def depth_surrogate_p(x: np.ndarray, y: np.ndarray, n_surr: int = 2000, seed: int = 0) -> float:
+    """A depth control that keeps each profile's autocorrelation (METHOD 3).
+
+    Statistic: |partial Spearman r| of x and y given depth (the correlation of their rank residuals
+    after a line in depth). Null: the same statistic with y's residual replaced by phase-randomized
+    surrogates of itself, which keep its autocorrelation. Why: neighbouring layers are alike, so the
+    residuals are autocorrelated and the t-based partial p, which assumes independent layers, is too
+    small; a circular shift keeps the autocorrelation but not the depth trend. Two-sided, +1 corrected.
+    Its false-positive rate on independent depth-trending profiles is checked by simulation in
+    tests/analysis/test_depth_null.py.
+    """
+    z = np.arange(x.size, dtype=np.float64)
+    rx, ry = _depth_residuals(x, z), _depth_residuals(y, z)
+    if min(float(rx @ rx), float(ry @ ry)) < 1e-18:
+        return 1.0  # a profile that is exactly its depth order: nothing beyond depth to relate
+    stat = _abs_corr_with(rx)
+    observed = float(stat(ry[None, :])[0])
+    null = stat(phase_surrogates(ry, n_surr, np.random.default_rng(seed)))
+    return (1 + int(np.count_nonzero(null >= observed - 1e-12))) / (n_surr + 1)
 
 
 def _items(values, name: str) -> np.ndarray:

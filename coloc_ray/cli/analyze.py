@@ -36,7 +36,7 @@ def _analyze(args) -> int:
                           seed=args.seed)
     summary = {k: result[k] for k in ("spearman_r", "spearman_p", "permutation_p", "overlap",
                                       "expected_overlap", "overlap_p", "partial_r", "partial_p",
-                                      "circular_shift_p")}
+                                      "depth_surrogate_p", "circular_shift_p")}
     summary["mlflow_run_id"] = tracker.run_id
     print(json.dumps(summary, indent=2))
     print(result["interpretation"])
