@@ -29,16 +29,19 @@ def prepare(cfg, device: Optional[str] = None) -> Prepared:
     """Load the model with LoRA + GARFA attached and the encoded, split training data."""
     import torch
 
-    from coloc_ray.finetune.data import encode_all, load_messages, split_heldout
+    from coloc_ray.finetune.data import data_seed, encode_all, load_records, split_heldout
     from coloc_ray.finetune.lora import build_trainable
 
     # Keep torch to this rank's CPU share: on a shared, busy machine more intra-op threads than CPUs
     # make every op wait on its slowest thread (measured here: 10x-50x slower steps).
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     tm = build_trainable(cfg, device=device)
-    convs = load_messages(cfg.data, seed=cfg.seed)
-    items = encode_all(tm.tokenizer, convs, cfg.max_len)
-    train, held = split_heldout(items, cfg.heldout_fraction, cfg.seed)
+    # The records and the held-out split follow the data seed, not cfg.seed: every arm and training seed
+    # is evaluated on the same held-out records. cfg.seed still drives data order, LoRA init and dropout.
+    seed = data_seed(cfg.data)
+    records = load_records(cfg.data, seed=seed)
+    items = encode_all(tm.tokenizer, [m for _, m in records], cfg.max_len, ids=[r for r, _ in records])
+    train, held = split_heldout(items, cfg.heldout_fraction, seed)
     return Prepared(tm, train, held)
 
 
@@ -68,6 +71,9 @@ def final_metrics(loop: Loop, tm, wall_s: float) -> dict:
     return {
         "final_train_loss": st.train_losses[-1] if st.train_losses else None,
         "final_eval_loss": st.eval_losses[-1]["loss"] if st.eval_losses else None,
+        # {record id: mean token loss} on the held-out records at the final step (same records for every arm)
+        "heldout_record_losses": loop.record_losses,
+        "heldout_record_tokens": loop.record_tokens,
         "eval_losses": st.eval_losses,
         "train_losses": st.train_losses,
         "alpha": alpha,

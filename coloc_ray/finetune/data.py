@@ -19,6 +19,16 @@ from coloc_ray.errors import UserError
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label value the cross-entropy skips
+# Seed of the record subsample and the held-out split when the data config names none: the data is a
+# function of the data config alone, never of the training seed or the arm, so every arm and every
+# training seed is scored on the same held-out records (paired per-record comparisons need that).
+DATA_SEED = 0
+
+
+def data_seed(data_cfg) -> int:
+    """The seed of the subsample and held-out split: ``data_cfg.seed`` if the config has one, else DATA_SEED."""
+    seed = getattr(data_cfg, "seed", None)
+    return DATA_SEED if seed is None else int(seed)
 
 
 @dataclass(frozen=True)
@@ -108,8 +118,13 @@ def _read_hub(spec: DatasetSpec, seed: int) -> tuple[str, list[dict]]:
 
 def load_messages(data_cfg, seed: int = 0) -> list[list[dict]]:
     """All records of the configured datasets as chat message lists (UserError names file and record index)."""
+    return [msgs for _, msgs in load_records(data_cfg, seed)]
+
+
+def load_records(data_cfg, seed: int = 0) -> list[tuple[str, list[dict]]]:
+    """Like :func:`load_messages`, each with its record id ``<dataset>:<index in the source>``."""
     names = data_cfg.datasets or [n for n, s in DATASETS.items() if s.source == data_cfg.source]
-    out: list[list[dict]] = []
+    out: list[tuple[str, list[dict]]] = []
     skipped = 0
     for name in names:
         if name not in DATASETS:
@@ -135,7 +150,7 @@ def load_messages(data_cfg, seed: int = 0) -> list[list[dict]]:
             if msgs is None:
                 skipped += 1
             else:
-                out.append(msgs)
+                out.append((f"{name}:{i}", msgs))
     if skipped:
         log.info("skipped %d records with an empty answer", skipped)
     return out
@@ -162,15 +177,21 @@ def encode(tokenizer, messages: list[dict], max_len: int) -> Optional[dict]:
     return {"input_ids": ids, "labels": labels}
 
 
-def encode_all(tokenizer, conversations: Iterable[list[dict]], max_len: int) -> list[dict]:
-    """Encode every conversation, dropping (and counting) those truncated to no assistant token."""
+def encode_all(tokenizer, conversations: Iterable[list[dict]], max_len: int,
+               ids: Optional[list[str]] = None) -> list[dict]:
+    """Encode every conversation, dropping (and counting) those truncated to no assistant token.
+
+    ``ids``: one record id per conversation, kept as each example's ``"id"`` (per-record held-out losses).
+    """
+    conversations = list(conversations)
+    ids = ids if ids is not None else [None] * len(conversations)
     out, dropped = [], 0
-    for msgs in conversations:
+    for rid, msgs in zip(ids, conversations, strict=True):
         ex = encode(tokenizer, msgs, max_len)
         if ex is None:
             dropped += 1
         else:
-            out.append(ex)
+            out.append(ex if rid is None else {**ex, "id": rid})
     if dropped:
         log.info("dropped %d records whose prompt alone fills max_len=%d", dropped, max_len)
     if not out:

@@ -68,6 +68,15 @@ def _is_deepspeed(model) -> bool:
     return type(model).__name__ == "DeepSpeedEngine"
 
 
+def _token_loss_sums(logits, labels) -> tuple:
+    """Per-sequence (sum of next-token cross-entropy, number of label tokens), as HF's causal LM loss counts
+    them: logits at t predict labels at t + 1, IGNORE labels are skipped, fp32."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=-100, reduction="none").view(labels.shape)
+    return ce.sum(dim=1).double(), (labels != -100).sum(dim=1)
+
+
 class Loop:
     """One rank's training loop over pre-encoded examples (see :mod:`coloc_ray.finetune.data`)."""
 
@@ -87,6 +96,9 @@ class Loop:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.order = ShardedOrder(len(train_items), cfg.batch_size, cfg.seed, rank, world)
         self.state = LoopState()
+        # Per-record held-out losses of the latest evaluation (not checkpointed: run() always ends with one).
+        self.record_losses: Optional[dict[str, float]] = None
+        self.record_tokens: Optional[dict[str, int]] = None
         torch.manual_seed(cfg.seed * 7919 + rank)  # dropout stream, distinct per rank
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -107,19 +119,33 @@ class Loop:
     # -- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Token-weighted mean cross-entropy on the held-out items (dropout off)."""
+        """Token-weighted mean cross-entropy on the held-out items (dropout off).
+
+        Also keeps each record's own mean token loss in :attr:`record_losses` (``{record id: loss}``, the
+        id from the data loader or the item's position) and its label-token count in :attr:`record_tokens`.
+        Every rank evaluates every held-out record with the same weights (DDP: the plain module; FSDP /
+        ZeRO-3: the collective forward), so every rank holds the same values.
+        """
         model = _unwrap_ddp(self.model)
         items = self.held_items[:self.cfg.eval_max_records] if self.cfg.eval_max_records else self.held_items
         model.eval()
-        total, count = 0.0, 0
+        losses, tokens = {}, {}
         for i in range(0, len(items), self.cfg.batch_size):
-            batch = {k: v.to(self.device) for k, v in collate(items[i:i + self.cfg.batch_size], self.pad_id).items()}
+            chunk = items[i:i + self.cfg.batch_size]
+            batch = {k: v.to(self.device) for k, v in collate(chunk, self.pad_id).items()}
+            labels = batch.pop("labels")
             with self._autocast():
-                out = model(**batch)
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total, count = total + float(out.loss) * n, count + n
+                logits = model(**batch).logits
+            sums, counts = _token_loss_sums(logits, labels)
+            for j, ex in enumerate(chunk):
+                rid = str(ex.get("id", i + j))
+                losses[rid], tokens[rid] = float(sums[j]) / max(int(counts[j]), 1), int(counts[j])
         model.train()
-        loss = total / max(count, 1)
+        count = sum(tokens.values())
+        loss = sum(losses[r] * tokens[r] for r in losses) / max(count, 1)
+        self.record_losses, self.record_tokens = losses, tokens
+        if self.state.eval_losses and self.state.eval_losses[-1]["step"] == self.state.step:
+            self.state.eval_losses.pop()  # re-evaluated at the same step (a resume after the last eval)
         self.state.eval_losses.append({"step": self.state.step, "loss": loss})
         self.hooks.on_eval(self, loss)
         return loss
@@ -247,6 +273,6 @@ class Loop:
                 self.evaluate()
             if step % cfg.checkpoint_every == 0 and step != cfg.max_steps:
                 self.hooks.on_checkpoint(self)
-        if not self.state.eval_losses or self.state.eval_losses[-1]["step"] != cfg.max_steps:
-            self.evaluate()
+        if self.record_losses is None or self.state.eval_losses[-1]["step"] != cfg.max_steps:
+            self.evaluate()  # the final held-out loss, and its per-record losses, at max_steps
         return self.state
