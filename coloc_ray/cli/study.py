@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -20,11 +21,33 @@ def register(sub) -> None:
     r.add_argument("study", help="study YAML")
     r.add_argument("--out", default=None, help="study directory (default: output_dir or runs/<name>)")
     r.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray on 127.0.0.1)")
+    _verbose_flag(r)
     r.set_defaults(func=_run)
     s = sub.add_parser("resume", help="finish an interrupted study; finished trials are never run again")
     s.add_argument("study_dir", help="the study directory (holds study.json)")
     s.add_argument("--address", default=None, help="Ray cluster address")
+    _verbose_flag(s)
     s.set_defaults(func=_resume)
+
+
+def _verbose_flag(p) -> None:
+    # SUPPRESS: `coloc -v run` (the global flag) must not be reset to False by this subcommand's default.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show library progress bars, Ray worker output and known-harmless warnings on the "
+                        "console (default: only the trial table and stage / trial events; the rest goes to "
+                        "<study dir>/logs/ and each trial's trial.log)")
+
+
+def _console(cfg, study_dir, verbose: bool):
+    """The quiet (or verbose) console, with its log files in ``<study dir>/logs`` (local) or local scratch."""
+    import tempfile
+    from pathlib import Path
+
+    from coloc_ray.ablation.console import setup_console
+
+    sd = str(study_dir or cfg.study_dir())
+    logs = Path(tempfile.gettempdir()) / f"coloc-{cfg.name}-logs" if "://" in sd else Path(sd) / "logs"
+    return setup_console(verbose, logs)
 
 
 def _local_resources() -> dict:
@@ -82,7 +105,8 @@ def _run(args) -> int:
     from coloc_ray.ablation.study_config import load_study
 
     cfg = load_study(args.study)
-    return _finish(cfg, args.out, args.address)
+    with _console(cfg, args.out, getattr(args, "verbose", False)):
+        return _finish(cfg, args.out, args.address)
 
 
 def _finish(cfg, study_dir, address) -> int:
@@ -108,4 +132,5 @@ def _resume(args) -> int:
     if not p.is_file():
         raise UserError(f"{args.study_dir}: no study.json here; pass the directory `coloc run` created")
     cfg = StudyConfig.model_validate(read_json(p))
-    return _finish(cfg, args.study_dir, args.address)
+    with _console(cfg, args.study_dir, getattr(args, "verbose", False)):
+        return _finish(cfg, args.study_dir, args.address)
