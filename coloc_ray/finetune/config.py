@@ -43,8 +43,9 @@ class FinetuneConfig(BaseModel):
     garfa_lr_ratio: float = Field(5.0, gt=0, description="GARFA learning rate = ratio x lr")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the LoRA group")
     garfa_weight_decay: float = Field(
-        0.0, ge=0, description="AdamW weight decay of rho (0: decay would pull every alpha toward 1, a prior "
-                               "the method does not ask for; scalars are conventionally not decayed)")
+        0.01, ge=0, description="AdamW weight decay of rho (METHOD 6: 0.01, as the LoRA group). Decay pulls rho "
+                                "toward 0, i.e. every alpha toward 1 (the model's own frequencies); 0 leaves "
+                                "rho undecayed")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up as a fraction of max_steps")
     batch_size: int = Field(4, ge=1, description="sequences per micro-batch per worker")
     grad_accum: int = Field(4, ge=1, description="micro-batches per optimizer step")
