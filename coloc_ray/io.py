@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as pretty JSON atomically (temp file + rename)."""
+def write_json(path: str | os.PathLike, obj: Any) -> Path | str:
+    """Write ``obj`` as pretty JSON atomically (temp file + rename; one PUT for an object-store URI)."""
+    if _is_uri(path):
+        from coloc_ray.storage import Storage
+
+        parent, name = str(path).rsplit("/", 1)
+        return Storage(parent).write_json(name, obj)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -31,8 +36,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """JSON from a local path or an object-store URI (``s3://...``)."""
+    if _is_uri(path):
+        from coloc_ray.storage import Storage
+
+        parent, name = str(path).rsplit("/", 1)
+        return Storage(parent).read_json(name)
     with open(path) as f:
         return json.load(f)
+
+
+def _is_uri(path) -> bool:
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
 def _json_default(o: Any) -> Any:
@@ -99,12 +114,12 @@ def cache_root() -> Path:
 
 
 def shared_data_dir() -> Path:
-    """The offline benchmark/training data (``$COLOC_DATA``, default ``../shared/data`` beside the repo)."""
+    """The offline benchmark/training data: ``$COLOC_DATA``, else ``shared/data`` beside the checkout.
+
+    A study resolves this once on the driver and hands the same path to every trial and Ray Train worker
+    (``COLOC_DATA`` in their environment), after checking that every node can read it.
+    """
     env = os.environ.get("COLOC_DATA")
     if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "shared" / "data", here / "shared" / "data", Path("/work/shared/data")):
-        if cand.is_dir():
-            return cand
-    return here.parent / "shared" / "data"
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"

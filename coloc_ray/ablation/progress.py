@@ -18,7 +18,7 @@ from coloc_ray.io import read_json, write_json
 log = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
-COLUMNS = ("trial_id", "arm", "ctrl", "train", "state", "phase", "step", "loss", "eta")
+COLUMNS = ("trial_id", "arm", "ctrl", "train", "state", "try", "phase", "step", "loss", "eta")
 TERMINAL = ("DONE", "SKIPPED", "ERROR")
 
 
@@ -35,18 +35,22 @@ class ProgressBoard:
 
     def __init__(self, study_dir, specs: list[dict], total_steps: int, slots: int = 1,
                  echo: bool = True, min_interval_s: float = 2.0):
-        self.path = Path(study_dir) / PROGRESS
+        root = str(study_dir)
+        self.path = f"{root.rstrip('/')}/{PROGRESS}" if "://" in root else Path(root) / PROGRESS
         self.total_steps, self.slots, self.echo, self.min_interval_s = total_steps, max(1, slots), echo, min_interval_s
         self.rows = {s["trial_id"]: {"trial_id": s["trial_id"], "arm": s["arm"], "control_seed": s["control_seed"],
                                      "train_seed": s["train_seed"], "state": "PENDING", "phase": "", "step": 0,
                                      "total_steps": 0 if s["arm"] == "base" else total_steps, "loss": None,
-                                     "started": None, "wall_s": None} for s in specs}
+                                     "started": None, "wall_s": None, "retries": 0} for s in specs}
         self._dirty, self._last_write, self._last_table = True, 0.0, ""
 
     def update(self, trial_id: str, **fields) -> None:
         row = self.rows.get(trial_id)
         if row is None:
             return
+        if fields.get("state") == "RETRYING":  # the trial failed and Tune starts it again (its last checkpoint)
+            row["retries"] = row.get("retries", 0) + 1
+            row["started"], self._dirty = None, True
         if fields.get("state") == "RUNNING" and row["started"] is None:
             row["started"] = time.time()
         if fields.get("state") in TERMINAL and row["started"] is not None and row["wall_s"] is None:
@@ -104,7 +108,7 @@ class FileWatcher:
     """
 
     def __init__(self, path, report, interval_s: float = 2.0):
-        self.path, self.report, self.interval_s = Path(path), report, interval_s
+        self.path, self.report, self.interval_s = path if "://" in str(path) else Path(path), report, interval_s
         self._stop, self._last = threading.Event(), None
         self._thread = threading.Thread(target=self._run, name="coloc-ft-progress", daemon=True)
 
@@ -153,17 +157,22 @@ def format_table(snap: dict) -> str:
         step = f"{r['step']}/{r['total_steps']}" if r.get("total_steps") else "-"
         loss = f"{r['loss']:.4f}" if isinstance(r.get("loss"), (int, float)) else "-"
         rows.append((r["trial_id"], r["arm"], str(r["control_seed"] if r["control_seed"] is not None else "-"),
-                     str(r["train_seed"]), r["state"], r.get("phase") or "-", step, loss, _fmt_s(r.get("eta_s"))))
+                     str(r["train_seed"]), r["state"], str(1 + int(r.get("retries") or 0)), r.get("phase") or "-",
+                     step, loss, _fmt_s(r.get("eta_s"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(snap.get("counts", {}).items()))
+    retries = sum(int(r.get("retries") or 0) for r in snap["trials"])
+    counts += f", {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
     lines.append(f"[{counts}; study ETA {_fmt_s(snap.get('eta_s'))}]")
     return "\n".join(lines)
 
 
 def render_progress(study_dir: str | Path) -> str:
     """The trial table of a study from its ``progress.json`` (empty-study message if none yet)."""
-    p = Path(study_dir) / PROGRESS
-    if not p.is_file():
+    from coloc_ray.storage import Storage
+
+    store = Storage(study_dir)
+    if not store.is_file(PROGRESS):
         return f"{study_dir}: no progress yet (no trials started)"
-    return format_table(read_json(p))
+    return format_table(store.read_json(PROGRESS))

@@ -1,16 +1,21 @@
 """The study spine: probes -> analysis -> layer sets -> (base eval + arms) on Ray Tune -> report.
 
-Each stage writes its typed output into the study dir (``probes/``, ``analysis/``, ``layersets.json``,
+Each stage writes its typed output into the study storage (``probes/``, ``analysis/``, ``layersets.json``,
 ``base/``, ``trials/<id>/``, ``report/``) and a ``.done`` marker holding the hash of the config it ran with;
 a stage whose marker matches is skipped, so ``coloc resume`` is simply this function run again.
 The base model is evaluated as one more Tune trial, concurrently with the arms (it needs no layer sets).
-Trials write into the study dir from whichever node runs them: on a multi-node cluster it must be a shared
-path (the KubeRay manifests mount one), as must ``storage_path``.
+
+The study storage (:class:`coloc_ray.storage.Storage`) is a local path or an object-store URI. The driver
+works in a local mirror (the storage itself when it is local) and uploads each stage's output; trials upload
+theirs from whichever node runs them; the report is built from what the storage holds. Before any work,
+:func:`coloc_ray.ablation.cluster_checks.check_cluster` makes sure every node reaches the storage, the data
+and the tracking server.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +23,7 @@ from typing import Callable
 from coloc_ray.ablation.layersets import build_layer_sets, plan_trials
 from coloc_ray.ablation.progress import ProgressBoard
 from coloc_ray.ablation.study_config import StudyConfig, model_num_layers, validate_study
-from coloc_ray.ablation.trial import RESULT, Stages, real_stages, trial_dir
+from coloc_ray.ablation.trial import RESULT, Stages, real_stages, trial_rel
 from coloc_ray.errors import UserError
 from coloc_ray.io import config_hash, read_json, staged_output, write_json
 
@@ -62,6 +67,89 @@ def _parent_tracker(cfg: StudyConfig, study_dir: Path):
     return tr
 
 
+def _mirror(store) -> Path:
+    """The driver's local working copy of the study: the storage itself when local, else node scratch."""
+    if store.is_local:
+        return store.local_path()
+    from coloc_ray.ablation.trial import scratch_root
+    from coloc_ray.io import config_hash as h
+
+    d = scratch_root() / "coloc-studies" / h(store.root)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+DRIVER_FILES = ("study.json", "mlflow_run_id", "layersets.json", "plan.json", "probes", "analysis")
+
+
+def _pull(store, mirror: Path) -> None:
+    """Bring the driver's own outputs of an earlier run down from object storage (resume)."""
+    if store.is_local:
+        return
+    for name in DRIVER_FILES:
+        if store.is_file(name):
+            (mirror / name).write_bytes(store.read_bytes(name))
+        elif store.exists(name):
+            store.download(name, mirror / name)
+
+
+def _push(store, mirror: Path, name: str) -> None:
+    """Upload ``mirror/name`` (a file or a stage folder, its ``.done`` last) to object storage."""
+    if store.is_local:
+        return
+    src = mirror / name
+    if src.is_dir():
+        store.upload(src, name, last=[DONE])
+    elif src.is_file():
+        store.write_bytes(name, src.read_bytes())
+
+
+def _refuse_job_tempdir(root: str) -> None:
+    """A submitted study must not write into Ray's temporary job directory (Ray deletes it)."""
+    from coloc_ray.storage import is_uri
+
+    if is_uri(root) or "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    cwd = Path.cwd().resolve()
+    if Path(root).resolve().is_relative_to(cwd) and "runtime_resources" in str(cwd):
+        raise UserError(f"output {root} is inside Ray's temporary job directory ({cwd}), which Ray deletes: set "
+                        "output_dir (or `coloc submit --out`) to a shared path every node sees or an object-store "
+                        "URI such as s3://bucket/studies/<name>")
+
+
+# Keys a study may change between runs into one storage: they decide how trials run, not what they compute.
+# Seeds may grow (new trials); the analysis may be re-run with more permutations. Finished trials keep their
+# own config hash, checked again before reuse.
+FREE_KEYS = ("resources", "max_concurrent_trials", "max_failures", "control_seeds", "train_seeds",
+             "cost_per_gpu_hour", "storage_path", "output_dir", "tracking_uri", "experiment", "probes.n_perm")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def _check_same_study(mirror: Path, study: dict, where: str) -> None:
+    """A study storage belongs to one config: refuse a different one before anything is replaced."""
+    old_file = mirror / "study.json"
+    if not old_file.is_file():
+        return
+    try:
+        old = _flat(read_json(old_file))
+    except ValueError:
+        raise UserError(f"{where}/study.json is corrupt (not JSON); restore it or use a new output_dir") from None
+    new = _flat(study)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in FREE_KEYS)  # noqa: E731
+    changed = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k) != new.get(k))
+    if changed:
+        raise UserError(f"{where} holds a study run with another study config (differs in: {', '.join(changed)}); "
+                        "its probes, layer sets and trials belong to that config: use a new output_dir, or put "
+                        "the old settings back (`coloc resume` continues it as it was)")
+
+
 def resolve_paths(cfg: StudyConfig) -> StudyConfig:
     """Pin the tracking store and file paths to absolute ones: Tune trials run in their own working dirs."""
     from coloc_ray.tracking import default_tracking_uri
@@ -77,7 +165,7 @@ def resolve_paths(cfg: StudyConfig) -> StudyConfig:
     return cfg
 
 
-def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages: Stages, tracker) -> tuple:
+def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages: Stages, tracker, store) -> tuple:
     """Run (or skip) the probes and the analysis; returns (sensitivity, rope, probe hash)."""
     if cfg.probes.skip:
         return None, None, "skipped"
@@ -92,10 +180,12 @@ def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages:
         tracker.log_series("sensitivity", sens["scores"])
         tracker.log_series("rope_influence", rope["scores"])
 
-    _stage(study_dir / "probes", ph, "probes", probes)
+    if _stage(study_dir / "probes", ph, "probes", probes):
+        _push(store, study_dir, "probes")
     sens, rope = read_json(study_dir / "probes/sensitivity.json"), read_json(study_dir / "probes/rope_influence.json")
     ah = config_hash({"probes": ph, "k": cfg.layer_sets.k, "n_perm": cfg.probes.n_perm})
-    _stage(study_dir / "analysis", ah, "analysis", lambda tmp: stages.analysis(sens, rope, study, tmp, tracker))
+    if _stage(study_dir / "analysis", ah, "analysis", lambda tmp: stages.analysis(sens, rope, study, tmp, tracker)):
+        _push(store, study_dir, "analysis")
     return sens, rope, ph
 
 
@@ -128,28 +218,31 @@ def _trial_specs(cfg: StudyConfig, study: dict, sets: dict) -> list[dict]:
     return specs
 
 
-def _check_done_trials(study_dir: Path, specs: list[dict]) -> list[dict]:
+def _check_done_trials(store, specs: list[dict]) -> list[dict]:
     """Specs still to run. A finished trial from another config is an error, never silently reused."""
     pending = []
     for s in specs:
-        d = trial_dir(study_dir, s)
-        if not (d / RESULT).is_file():
+        rel = trial_rel(s)
+        if not store.is_file(f"{rel}/{RESULT}"):
             pending.append(s)
             continue
-        got = (d / DONE).read_text().strip() if (d / DONE).is_file() else "?"
+        got = store.read_text(f"{rel}/{DONE}").strip() if store.is_file(f"{rel}/{DONE}") else "?"
         if got != s["config_hash"]:
-            raise UserError(f"{d} holds a result from another study config (hash {got} != {s['config_hash']}); "
-                            "use a new output_dir or delete that folder")
+            raise UserError(f"{store.uri(rel)} holds a result from another study config (hash {got} != "
+                            f"{s['config_hash']}); use a new output_dir or delete that folder")
         log.info("trial %s: result.json exists, not re-running", s["trial_id"])
     return pending
 
 
-def _trial_ctx(cfg: StudyConfig, study: dict, study_dir: Path, parent_run_id: str | None) -> dict:
+def _trial_ctx(cfg: StudyConfig, study: dict, store, parent_run_id: str | None, data_dir: str | None) -> dict:
     r = cfg.resources
     cpus = r.cpus_per_trial + r.workers_per_trial * r.cpus_per_worker
-    return {"study": study, "study_dir": str(study_dir.resolve()), "tracking_uri": cfg.tracking_uri,
-            "experiment": cfg.experiment_name, "parent_run_id": parent_run_id,
-            "gpus": r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker, "threads": max(1, round(cpus))}
+    return {"study": study, "storage": store.root, "tracking_uri": cfg.tracking_uri,
+            "experiment": cfg.experiment_name, "parent_run_id": parent_run_id, "data_dir": data_dir,
+            "gpus": r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker, "threads": max(1, round(cpus)),
+            "start_timeout_s": r.start_timeout_s,
+            "eval_resources": {"GPU": r.eval_gpus, "CPU": r.cpus_per_eval, "start_timeout_s": r.start_timeout_s}
+            if r.eval_gpus > 0 else {}}
 
 
 def _check_resources(cfg: StudyConfig) -> None:
@@ -166,7 +259,8 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
 
     Args:
         cfg: the validated study.
-        study_dir: output folder (default ``cfg.output_dir`` or ``runs/<name>``).
+        study_dir: study storage: a local path (every node must see it) or an object-store URI
+            (default ``cfg.output_dir`` or ``runs/<name>``).
         address: Ray cluster to join (default: start a local Ray on 127.0.0.1).
         stages: stage functions (default :func:`real_stages`; tests inject fakes).
         echo: print the progress table as it changes.
@@ -176,30 +270,47 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     """
     import ray
 
+    from coloc_ray.ablation.cluster_checks import check_cluster
     from coloc_ray.raycluster import ensure_ray
+    from coloc_ray.storage import Storage, is_uri
 
     real = stages is None
     stages = stages or real_stages()
-    study_dir = Path(study_dir or cfg.study_dir()).resolve()
+    root = str(study_dir) if study_dir is not None else cfg.study_dir()
+    root = root.rstrip("/") if is_uri(root) else str(Path(root).expanduser().resolve())
+    _refuse_job_tempdir(root)
     cfg = resolve_paths(cfg)
     errs = validate_study(cfg, stage_configs=real)
     if errs:
         raise UserError("\n".join(errs))
+    store = Storage(root)
     study = cfg.resolved()
-    study_dir.mkdir(parents=True, exist_ok=True)
-    write_json(study_dir / "study.json", study)
     started_ray = not ray.is_initialized()
     ensure_ray(address)
-    tracker = _parent_tracker(cfg, study_dir)
     try:
         _check_resources(cfg)
-        sens, rope, ph = _probes_and_analysis(cfg, study, study_dir, stages, tracker)
-        sets = _layer_sets(cfg, study_dir, stages, sens, rope, ph)
+        data_dir = check_cluster(cfg, store)  # every node: storage, data, tracking; nothing written before
+        mirror = _mirror(store)
+        _pull(store, mirror)
+        _check_same_study(mirror, study, store.root)
+        write_json(mirror / "study.json", study)
+        _push(store, mirror, "study.json")
+        tracker = _parent_tracker(cfg, mirror)
+        _push(store, mirror, "mlflow_run_id")
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    try:
+        sens, rope, ph = _probes_and_analysis(cfg, study, mirror, stages, tracker, store)
+        sets = _layer_sets(cfg, mirror, stages, sens, rope, ph)
+        _push(store, mirror, "layersets.json")
         tracker.log_dict(sets, "layersets.json")
         specs = _trial_specs(cfg, study, sets)
-        _write_plan(cfg, study_dir, specs)
-        _run_arms(cfg, study, study_dir, specs, stages, tracker.run_id, echo)
-        report = _report(study_dir, specs, stages, tracker)
+        _write_plan(cfg, mirror, specs)
+        _push(store, mirror, "plan.json")
+        _run_arms(cfg, study, store, mirror, specs, stages, tracker.run_id, echo, data_dir)
+        report = _report(store, mirror, specs, stages, tracker)
         tracker.end("FINISHED")
     except BaseException:
         tracker.end("FAILED")
@@ -207,7 +318,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     finally:
         if started_ray:
             ray.shutdown()
-    return {"study_dir": str(study_dir), "trials": {s["trial_id"]: "DONE" for s in specs}, "report": report}
+    return {"study_dir": store.root, "trials": {s["trial_id"]: "DONE" for s in specs}, "report": report}
 
 
 def _write_plan(cfg: StudyConfig, study_dir: Path, specs: list[dict]) -> None:
@@ -221,40 +332,46 @@ def _write_plan(cfg: StudyConfig, study_dir: Path, specs: list[dict]) -> None:
     log.info("%d trials (base eval + %d arm trials); %s", len(specs), len(specs) - 1, note)
 
 
-def _run_arms(cfg: StudyConfig, study: dict, study_dir: Path, specs: list[dict], stages: Stages,
-              parent_run_id: str | None, echo: bool) -> None:
+def _run_arms(cfg: StudyConfig, study: dict, store, mirror: Path, specs: list[dict], stages: Stages,
+              parent_run_id: str | None, echo: bool, data_dir: str | None) -> None:
     """Base eval + arm trials on Ray Tune, skipping finished ones; StudyIncomplete if any is left unfinished."""
     from coloc_ray.ablation.tune_trials import run_trials
 
-    pending = _check_done_trials(study_dir, specs)
-    board = ProgressBoard(study_dir, specs, cfg.training.max_steps, cfg.max_concurrent_trials, echo=echo)
+    pending = _check_done_trials(store, specs)
+    board = ProgressBoard(store.root, specs, cfg.training.max_steps, cfg.max_concurrent_trials, echo=echo)
     for s in specs:
         if s not in pending:
             board.update(s["trial_id"], state="SKIPPED", phase="done")
-    status = run_trials(pending, _trial_ctx(cfg, study, study_dir, parent_run_id), stages, board=board,
-                        storage_path=cfg.storage_path or study_dir / "tune", name=f"{cfg.name}-{int(time.time())}",
-                        max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures)
+    status = run_trials(pending, _trial_ctx(cfg, study, store, parent_run_id, data_dir), stages, board=board,
+                        storage_path=cfg.storage_path or store.uri("tune"), name=f"{cfg.name}-{int(time.time())}",
+                        max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures,
+                        pending_timeout_s=cfg.resources.start_timeout_s)
     # Judge by result.json, over every pending trial: an interrupted Tune leaves unstarted trials out of `status`.
     why = {"DONE": "stopped before it finished", None: "never started"}
     failed = {s["trial_id"]: why.get(status.get(s["trial_id"]), status.get(s["trial_id"]))
-              for s in pending if not (trial_dir(study_dir, s) / RESULT).is_file()}
+              for s in pending if not store.is_file(f"{trial_rel(s)}/{RESULT}")}
     if failed:
         raise StudyIncomplete(f"{len(failed)} trial(s) unfinished: "
                               + "; ".join(f"{t}: {st}" for t, st in failed.items())
-                              + f". `coloc resume {study_dir}` runs just those again")
+                              + f". `coloc resume {store.root}` runs just those again")
 
 
-def _report(study_dir: Path, specs: list[dict], stages: Stages, tracker) -> dict:
+def _report(store, mirror: Path, specs: list[dict], stages: Stages, tracker) -> dict:
+    """Build the report from what the storage holds (downloaded into the mirror first, adapters left out)."""
     h = config_hash(sorted(s["config_hash"] for s in specs))
-    out = study_dir / "report"
-    marker = out / DONE
-    if marker.is_file() and marker.read_text().strip() == h and (out / "results.json").is_file():
+    out = mirror / "report"
+    if store.is_file(f"report/{DONE}") and store.read_text(f"report/{DONE}").strip() == h \
+            and store.is_file("report/results.json"):
         log.info("report: current for these trials, skipping")
-        return read_json(out / "results.json")
-    result = stages.report(study_dir)
+        return store.read_json("report/results.json")
+    if not store.is_local:
+        for s in specs:
+            store.download(trial_rel(s), mirror / trial_rel(s), skip=["adapter"])
+    result = stages.report(mirror)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "results.json").is_file():
         write_json(out / "results.json", result)
-    marker.write_text(h)
+    (out / DONE).write_text(h)
+    _push(store, mirror, "report")
     tracker.log_artifacts(out, "report")
     return result

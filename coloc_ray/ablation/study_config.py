@@ -79,6 +79,9 @@ class EvalSettings(_Strict):
     benchmarks: list[str] = Field(["mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge"],
                                   min_length=1, description="Benchmark registry names")
     limit: int | None = Field(None, ge=1, description="Items per benchmark (null = all)")
+    seed: int = Field(1234, description="Evaluation seed (few-shot draws, option orders, `limit` subsets): one "
+                                        "for every arm and the base model, separate from the training seeds, "
+                                        "so every arm is scored on the same prompts (METHOD 8)")
     source: Literal["offline", "hub"] = Field("offline", description="offline = data/ copies; hub = lm-eval tasks")
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget for generative benchmarks")
@@ -87,13 +90,25 @@ class EvalSettings(_Strict):
 
 
 class ResourceSettings(_Strict):
-    """What one Tune trial reserves. The trial function holds cpus/gpus; its Ray Train workers hold their own."""
+    """What one trial uses. The trial function holds cpus/gpus_per_trial for its whole life; its Ray Train
+    workers hold theirs while the fine-tune runs (Ray Train gang-schedules them); its evaluation then holds
+    gpus_per_eval in an actor of its own. Every wait for these is bounded by start_timeout_s."""
 
     cpus_per_trial: float = Field(0.5, gt=0, description="CPUs held by the trial function (Tune refuses 0)")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs held by the trial function (fractional allowed)")
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of the trial's fine-tune")
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per Ray Train worker (fractional allowed)")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per Ray Train worker (fractional allowed)")
+    gpus_per_eval: float | None = Field(None, ge=0, description="GPUs held by the trial's evaluation (its own Ray "
+                                        "actor); null = gpus_per_worker when the workers use GPUs, else 0 "
+                                        "(evaluate in the trial function, on CPU)")
+    cpus_per_eval: float = Field(1.0, gt=0, description="CPUs of the evaluation actor (when gpus_per_eval > 0)")
+    start_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a trial's workers or evaluation "
+                                   "GPUs, and for a pending trial when none runs; then the trial fails")
+
+    @property
+    def eval_gpus(self) -> float:
+        return self.gpus_per_eval if self.gpus_per_eval is not None else self.gpus_per_worker
 
 
 class StudyConfig(_Strict):
@@ -115,8 +130,9 @@ class StudyConfig(_Strict):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (null = $MLFLOW_TRACKING_URI "
                                                        "or sqlite:///<cwd>/mlruns.db)")
     experiment: str | None = Field(None, description="MLflow experiment (null = coloc-<name>)")
-    storage_path: str | None = Field(None, description="Ray Tune storage (null = <study_dir>/tune)")
-    output_dir: str | None = Field(None, description="Study directory (null = runs/<name>)")
+    storage_path: str | None = Field(None, description="Ray Tune storage (null = <output_dir>/tune)")
+    output_dir: str | None = Field(None, description="Study storage: a local path every node sees, or an "
+                                   "object-store URI (s3://bucket/prefix, gs://...); null = runs/<name>")
     cost_per_gpu_hour: float = Field(0.0, ge=0, description="USD per GPU-hour, for the report's cost column")
 
     @field_validator("control_seeds", "train_seeds")
@@ -143,8 +159,12 @@ class StudyConfig(_Strict):
     def experiment_name(self) -> str:
         return self.experiment or f"coloc-{self.name}"
 
-    def study_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+    def study_dir(self) -> str:
+        """The study storage root: an absolute local path, or the URI as given."""
+        from coloc_ray.storage import is_uri
+
+        out = self.output_dir or str(Path("runs") / self.name)
+        return out.rstrip("/") if is_uri(out) else str(Path(out).expanduser().resolve())
 
     def resolved(self) -> dict:
         """The config as run (seed counts expanded): what ``study.json`` holds."""
@@ -261,7 +281,9 @@ def _benchmark_names() -> tuple[str, ...]:
 
 
 def _dupes(xs: list) -> list:
-    return sorted({x for x in xs if xs.count(x) > 1})
+    from collections import Counter
+
+    return sorted(x for x, n in Counter(xs).items() if n > 1)  # linear: a seed list may be long
 
 
 def _layer_errors(key: str, layers: list[int], L: int | None) -> list[str]:
@@ -293,6 +315,9 @@ def validate_study(cfg: StudyConfig, cluster_resources: dict | None = None,
     L = num_layers
     if L is None:
         try:
+            from coloc_ray.models.loading import check_model_spec
+
+            check_model_spec(cfg.model)  # a corrupt config.json or an unsupported family, now, not on a worker
             L = model_num_layers(cfg.model)
         except UserError as e:
             errs.append(f"model = {cfg.model!r}: {e}")
@@ -320,6 +345,8 @@ def _stage_config_errors(cfg: StudyConfig) -> list[str]:
 
     spec = {"trial_id": "check", "arm": "A", "control_seed": None, "train_seed": 0, "lora_layers": [0],
             "garfa_layers": [0]}
+    if _seed_count_errors(cfg):
+        return []  # cfg.resolved() would expand the seed counts
     study, out = cfg.resolved(), []
     for key, build, mod, cls in (("training", finetune_config_dict, "coloc_ray.finetune.config", "FinetuneConfig"),
                                  ("evaluation", eval_config_dict, "coloc_ray.evaluation.config", "EvalConfig")):
@@ -329,7 +356,11 @@ def _stage_config_errors(cfg: StudyConfig) -> list[str]:
             continue  # that stage is not installed here
         args = (study, spec, None) if key == "training" else (study, None, spec)
         try:
-            target.model_validate(build(*args))
+            built = target.model_validate(build(*args))
+            if key == "training" and getattr(built, "strategy", "ddp") != "ddp" and built.num_workers < 2:
+                out.append(f"training: strategy {built.strategy!r} with resources.workers_per_trial = "
+                           f"{built.num_workers}: sharding needs at least 2 workers, every trial would fail; set "
+                           "resources.workers_per_trial: 2 or use strategy ddp")
         except ValidationError as e:
             for err in e.errors():
                 loc = ".".join(str(p) for p in err["loc"])
@@ -341,8 +372,23 @@ def _stage_config_errors(cfg: StudyConfig) -> list[str]:
     return out
 
 
-def _seed_errors(cfg: StudyConfig) -> list[str]:
+MAX_SEEDS = 1000  # per list: each control seed is a trial per arm, each train seed multiplies that
+
+
+def _seed_count_errors(cfg: StudyConfig) -> list[str]:
     out = []
+    for key, v in (("control_seeds", cfg.control_seeds), ("train_seeds", cfg.train_seeds)):
+        n = v if isinstance(v, int) else len(v)
+        if n > MAX_SEEDS:
+            out.append(f"{key}: {n} seeds, more than {MAX_SEEDS} (each one is a trial per arm); give at most "
+                       f"{MAX_SEEDS}, or split the study")
+    return out
+
+
+def _seed_errors(cfg: StudyConfig) -> list[str]:
+    out = _seed_count_errors(cfg)
+    if out:
+        return out  # never expand a huge count into a list
     for key, seeds in (("control_seeds", cfg.control_seed_list), ("train_seeds", cfg.train_seed_list)):
         if _dupes(seeds):
             out.append(f"{key} = {seeds}: duplicate seeds {_dupes(seeds)}; each seed must be distinct")
@@ -376,8 +422,17 @@ def _layer_set_errors(cfg: StudyConfig, arms: list, L: int | None) -> list[str]:
     return out
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # what pyarrow.fs resolves
+
+
 def _path_errors(cfg: StudyConfig) -> list[str]:
+    from coloc_ray.storage import is_uri
+
     out = []
+    for key, v in (("output_dir", cfg.output_dir), ("storage_path", cfg.storage_path)):
+        if v and is_uri(v) and v.split("://", 1)[0].lower() not in STORAGE_SCHEMES:
+            out.append(f"{key} = {v!r}: unknown storage scheme; use a local path or one of "
+                       + ", ".join(f"{x}://" for x in STORAGE_SCHEMES))
     for key, p in (("probes.pairs", cfg.probes.pairs), ("probes.eval_data", cfg.probes.eval_data)):
         if p is not None and not Path(p).expanduser().exists():
             out.append(f"{key} = {p!r}: no such file; give an existing path or null for the default")
@@ -398,4 +453,27 @@ def _resource_errors(cfg: StudyConfig, res: dict) -> list[str]:
     if cpu_ask > cpus:
         out.append(f"resources: a trial asks for {cpu_ask:g} CPUs (cpus_per_trial + workers x cpus_per_worker) "
                    f"but the cluster has {cpus:g}; lower them (fractions are allowed)")
+    if r.eval_gpus > 0 and r.eval_gpus > gpus:
+        out.append(f"resources: the evaluation asks for {r.eval_gpus:g} GPUs but the cluster has {gpus:g}")
+    return out + _deadlock_errors(cfg, cpus, gpus)
+
+
+def _deadlock_errors(cfg: StudyConfig, cpus: float, gpus: float) -> list[str]:
+    """Tune holds each running trial function's own resources; its workers (then its evaluation) ask later.
+    If the running trial functions alone could leave too little for one trial's workers, every trial would
+    wait for the others forever. Refuse that mix up front: with what is left after ``max_concurrent_trials``
+    trial functions, at least one trial can always get its workers and its evaluation, so the study progresses."""
+    r = cfg.resources
+    n = cfg.max_concurrent_trials
+    later_cpu = max(r.workers_per_trial * r.cpus_per_worker, r.cpus_per_eval if r.eval_gpus > 0 else 0)
+    later_gpu = max(r.workers_per_trial * r.gpus_per_worker, r.eval_gpus)
+    out = []
+    if n * r.cpus_per_trial + later_cpu > cpus + 1e-9 and cpus > 0:
+        out.append(f"resources: {n} concurrent trial functions x {r.cpus_per_trial:g} CPUs + one trial's workers "
+                   f"({later_cpu:g} CPUs) exceed the cluster's {cpus:g} CPUs: running trials could hold every CPU "
+                   "while their workers wait; lower max_concurrent_trials or cpus_per_trial")
+    if n * r.gpus_per_trial + later_gpu > gpus + 1e-9 and later_gpu > 0:
+        out.append(f"resources: {n} concurrent trial functions x {r.gpus_per_trial:g} GPUs + one trial's workers or "
+                   f"evaluation ({later_gpu:g} GPUs) exceed the cluster's {gpus:g} GPUs; lower max_concurrent_trials "
+                   "or gpus_per_trial (the workers and the evaluation hold their own GPUs)")
     return out

@@ -203,6 +203,18 @@ def runtime_env(working_dir: Path, address: str, tracking_uri: str | None = None
     return {"working_dir": str(working_dir), "excludes": upload_excludes(working_dir), "env_vars": env_vars}
 
 
+def _cluster_storage(study: Path, dest: str | None, name: str) -> str:
+    """Where a submitted study writes: storage every node sees, never Ray's temporary job directory."""
+    from coloc_ray.storage import is_uri
+
+    if dest and (is_uri(dest) or Path(dest).is_absolute()):
+        return dest
+    raise UserError(f"{study}: a submitted study needs storage every node sees, but {dest or 'runs/' + name!r} "
+                    "would land in Ray's temporary job directory, which Ray deletes: pass --out "
+                    "s3://bucket/studies/" + name + " (or an absolute path on a volume every node mounts), "
+                    "or set output_dir in the study")
+
+
 def submit_study(study: str | Path, address: str, *, token_file: str | None = None, tracking_uri: str | None = None,
                  out: str | None = None, env: dict[str, str] | None = None, project: Path | None = None,
                  submission_id: str | None = None, dry_run: bool = False) -> str:
@@ -235,7 +247,7 @@ def submit_study(study: str | Path, address: str, *, token_file: str | None = No
     if rel is None:  # a study file outside the checkout travels inside a staged copy of it
         workdir, rel = stage_working_dir(project, study)
     entry = ["coloc", "run", rel, "--address", "auto"] + (["--out", out] if out else [])
-    study_dir = out or str(cfg.study_dir())
+    study_dir = _cluster_storage(study, out or cfg.output_dir, cfg.name)
     metadata = {f"{META_PREFIX}study": cfg.name, f"{META_PREFIX}study_file": rel, f"{META_PREFIX}study_dir": study_dir,
                 f"{META_PREFIX}tracking_uri": tracking_uri or ""}  # "": the cluster's own MLFLOW_TRACKING_URI
     if dry_run:

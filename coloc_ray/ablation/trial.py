@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +119,13 @@ def real_finetune_progress(cfg, out_dir: Path) -> Path | None:
 
 
 def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict) -> dict:
+    """The trial's EvalConfig fields. The seed is the study's evaluation seed (``evaluation.seed``), the
+    same for every arm and the base model, never the trial's training seed: replicates of an arm must
+    differ by their training only, not by their few-shot contexts, option orders or ``limit`` items."""
     e = dict(study["evaluation"])
     extra = e.pop("extra")
     experiment = study.get("experiment") or f"coloc-{study['name']}"
-    return {**e, "model": study["model"], "adapter": adapter_dir, "seed": spec["train_seed"],
+    return {**e, "model": study["model"], "adapter": adapter_dir,
             "tracking_uri": study.get("tracking_uri"), "experiment": experiment, **extra}
 
 
@@ -152,27 +157,40 @@ def real_stages() -> Stages:
 RESULT = "result.json"
 ATTEMPTS = "attempts.log"  # one line per start: shows no finished trial ever ran twice
 RUN_ID_FILE = "mlflow_run_id"
+TRAIN = "train"  # Ray Train runs (checkpoints) of every trial, under the study storage
+
+
+def trial_rel(spec: dict) -> str:
+    """The trial's folder relative to the study storage: ``base`` or ``trials/<trial_id>``."""
+    return "base" if spec["arm"] == "base" else f"trials/{spec['trial_id']}"
 
 
 def trial_dir(study_dir: str | Path, spec: dict) -> Path:
-    """``base/`` for the base model, ``trials/<trial_id>/`` for every arm trial."""
-    root = Path(study_dir)
-    return root / "base" if spec["arm"] == "base" else root / "trials" / spec["trial_id"]
+    """``base/`` for the base model, ``trials/<trial_id>/`` for every arm trial (a local study dir)."""
+    return Path(study_dir) / trial_rel(spec)
 
 
-def is_done(study_dir: str | Path, spec: dict) -> bool:
-    return (trial_dir(study_dir, spec) / RESULT).is_file()
+def is_done(study_dir, spec: dict) -> bool:
+    from coloc_ray.storage import Storage
+
+    return Storage(study_dir).is_file(f"{trial_rel(spec)}/{RESULT}")
 
 
-def _tracker(ctx: dict, spec: dict, out: Path):
+def scratch_root() -> Path:
+    """Node-local scratch for a trial's temporary files (``$COLOC_SCRATCH``, else the system temp dir)."""
+    root = Path(os.environ.get("COLOC_SCRATCH") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _tracker(ctx: dict, spec: dict, store, rel: str):
     """The trial's nested MLflow run, resumed (same run id) if an earlier attempt created it."""
-    rid_file = out / RUN_ID_FILE
-    run_id = rid_file.read_text().strip() if rid_file.is_file() else None
+    run_id = store.read_text(f"{rel}/{RUN_ID_FILE}").strip() if store.is_file(f"{rel}/{RUN_ID_FILE}") else None
     tags = {"coloc.study": ctx["study"]["name"], "coloc.arm": spec["arm"], "coloc.trial_id": spec["trial_id"]}
     tr = open_run(ctx.get("tracking_uri"), ctx["experiment"], spec["trial_id"], ctx.get("parent_run_id"), tags,
                   run_id, enabled=ctx.get("tracking", True))
     if tr.enabled and tr.run_id != run_id:
-        rid_file.write_text(tr.run_id)
+        store.write_text(f"{rel}/{RUN_ID_FILE}", tr.run_id)
     return tr
 
 
@@ -192,58 +210,116 @@ def open_run(uri, experiment: str, name: str, parent: str | None, tags: dict, ru
     return Tracker(uri, experiment, run_name=name, parent_run_id=parent, tags=tags, enabled=enabled).start()
 
 
+def _attempt(store, rel: str) -> int:
+    """Append this start to ``attempts.log`` in storage; returns the attempt number (1 = first)."""
+    path = f"{rel}/{ATTEMPTS}"
+    old = store.read_text(path) if store.is_file(path) else ""
+    import socket
+
+    store.write_text(path, old + f"{time.time():.3f} pid={os.getpid()} host={socket.gethostname()}\n")
+    return old.count("\n") + 1
+
+
 def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], Any] | None = None) -> dict:
-    """Run one trial to its ``result.json`` (or return the existing one untouched).
+    """Run one trial to its ``result.json`` in the study storage (or return the existing one untouched).
+
+    The trial works in node-local scratch and uploads its folder when done, ``result.json`` last: on a
+    cluster whose nodes share no disk the driver finds every result in the storage (``ctx["storage"]``, a
+    local path every node sees or an object-store URI). Ray Train checkpoints go to ``<storage>/train``, so
+    a retry on another node resumes the fine-tune from its last checkpoint.
 
     Args:
         spec: a :class:`~coloc_ray.ablation.layersets.TrialSpec` as a dict (trial_id, arm, seeds, layers).
-        ctx: ``study`` (resolved StudyConfig dict), ``study_dir``, ``tracking_uri``, ``experiment``,
-            ``parent_run_id``, ``gpus`` (GPUs the trial holds, for gpu_hours).
+        ctx: ``study`` (resolved StudyConfig dict), ``storage`` (study storage root), ``tracking_uri``,
+            ``experiment``, ``parent_run_id``, ``gpus`` (GPUs the trial holds, for gpu_hours), ``data_dir``,
+            ``eval_resources`` (``{"CPU", "GPU"}`` of the evaluation when it runs as its own Ray task).
         stages: the stage functions (real ones, or fakes in tests).
         report: called with progress metrics (``phase``, ``step``, ``loss``...); Tune's ``tune.report``.
 
     Returns:
         The trial record (contract "Study" in docs/ARCHITECTURE.md).
     """
+    from coloc_ray.storage import Storage
+
     report = report or (lambda m: None)
-    out = trial_dir(ctx["study_dir"], spec)
-    if (out / RESULT).is_file():
-        rec = read_json(out / RESULT)
+    store, rel = Storage(ctx.get("storage") or ctx["study_dir"]), trial_rel(spec)
+    if store.is_file(f"{rel}/{RESULT}"):
+        rec = store.read_json(f"{rel}/{RESULT}")
         report({"phase": "done", "step": rec.get("finetune", {}).get("steps", 0), "skipped": True})
         return rec
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ATTEMPTS, "a") as f:
-        f.write(f"{time.time():.3f} pid={os.getpid()}\n")
+    if ctx.get("data_dir"):
+        os.environ["COLOC_DATA"] = ctx["data_dir"]  # the driver's resolved data dir (checked on every node)
+    attempt = _attempt(store, rel)
+    out = Path(tempfile.mkdtemp(prefix=f"coloc-{spec['trial_id']}-", dir=scratch_root()))
     t0 = time.time()
-    tracker = _tracker(ctx, spec, out)
+    tracker = _tracker(ctx, spec, store, rel)
     try:
         tracker.log_params({"arm": spec["arm"], "control_seed": spec["control_seed"],
                             "train_seed": spec["train_seed"], "lora_layers": spec["lora_layers"],
                             "garfa_layers": spec["garfa_layers"]})
-        ft = _finetune(spec, ctx, stages, out, tracker, report)
+        ft = _finetune(spec, ctx, stages, out, tracker, report, store)
         report({"phase": "eval", "step": ft.get("steps", 0), "loss": ft.get("final_train_loss")})
         adapter = str(out / "adapter") if spec["arm"] != "base" else None
-        ev = stages.evaluate(stages.eval_config(ctx["study"], adapter, spec), out / "eval", tracker)
-        rec = _record(spec, ctx, out, ft, ev, time.time() - t0, tracker.run_id)
+        if adapter:  # kept in storage at once: an evaluation elsewhere (or a later look) finds it
+            store.upload(out / "adapter", f"{rel}/adapter", skip=[".train"])
+        ev, eval_acc = _evaluate(stages, stages.eval_config(ctx["study"], adapter, spec), out / "eval", tracker,
+                                 ctx.get("eval_resources") or {}, store.uri(f"{rel}/adapter") if adapter else None)
+        rec = _record(spec, ctx, store.uri(rel), ft, ev, time.time() - t0, tracker.run_id)
+        rec.update(attempt=attempt, accelerators={"finetune": ft.get("accelerators", []), "eval": eval_acc})
         _log_result(tracker, rec, out)
+        # Run FINISHED before the result exists: a kill in between re-runs the trial (same run), never the
+        # reverse (a result whose run stays RUNNING forever).
+        tracker.end("FINISHED")
+        (out / ".done").write_text(spec.get("config_hash", ""))  # which config; meaningless without RESULT
+        write_json(out / RESULT, rec)
+        store.upload(out, rel, last=[".done", RESULT], skip=["adapter"])  # result.json last: the done marker
     except BaseException:
         tracker.end("FAILED")
         raise
-    # Run FINISHED before the result exists: a kill in between re-runs the trial (same run), never the reverse
-    # (a result whose run stays RUNNING forever).
-    tracker.end("FINISHED")
-    (out / ".done").write_text(spec.get("config_hash", ""))  # which config; meaningless without RESULT
-    write_json(out / RESULT, rec)  # the trial's done marker: written last, atomically
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     report({"phase": "done", "step": ft.get("steps", 0), "loss": ft.get("final_train_loss"),
             **{f"score/{b}": v.get("score") for b, v in ev.items() if isinstance(v, dict)}})
     return rec
 
 
-def _finetune(spec: dict, ctx: dict, stages: Stages, out: Path, tracker, report) -> dict:
+def _evaluate(stages: Stages, cfg, out: Path, tracker, resources: dict, adapter_uri: str | None
+              ) -> tuple[dict, dict]:
+    """Evaluate in this process, or, when the study gives evaluation GPUs, in a Ray task that holds them.
+
+    The task's GPUs are reserved through a placement group whose wait is bounded
+    (``resources["start_timeout_s"]``): a cluster that lost the capacity fails the trial, never hangs it.
+    Returns ``(eval.json, {"node_id", "gpu_ids", "start", "end"})``.
+    """
+    if not resources.get("GPU"):
+        t = time.time()
+        ev = stages.evaluate(cfg, out, tracker)
+        return ev, {**_where(), "start": t, "end": time.time()}
+    from coloc_ray.ablation.eval_task import evaluate_on_gpu
+
+    return evaluate_on_gpu(stages, cfg, out, tracker, resources, adapter_uri)
+
+
+def _where() -> dict:
+    """This process's node and the accelerator ids Ray assigned it (empty without Ray or GPUs)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return {"node_id": ray.get_runtime_context().get_node_id(),
+                    "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    except Exception:  # noqa: BLE001 - only bookkeeping
+        pass
+    return {"node_id": None, "gpu_ids": []}
+
+
+def _finetune(spec: dict, ctx: dict, stages: Stages, out: Path, tracker, report, store=None) -> dict:
     if spec["arm"] == "base":
         return {}
     report({"phase": "finetune", "step": 0})
     cfg = stages.finetune_config(ctx["study"], spec, tracker.run_id if tracker.enabled else None)
+    if store is not None and getattr(cfg, "storage_path", "n/a") is None:  # checkpoints in the study storage
+        cfg = cfg.model_copy(update={"storage_path": store.uri(TRAIN)})
     live = stages.finetune_progress(cfg, out / "adapter") if stages.finetune_progress else None
     if live is None:
         return stages.finetune(cfg, out / "adapter")
@@ -254,11 +330,11 @@ def _finetune(spec: dict, ctx: dict, stages: Stages, out: Path, tracker, report)
         return stages.finetune(cfg, out / "adapter")
 
 
-def _record(spec: dict, ctx: dict, out: Path, ft: dict, ev: dict, wall_s: float, run_id) -> dict:
+def _record(spec: dict, ctx: dict, where: str, ft: dict, ev: dict, wall_s: float, run_id) -> dict:
     return {**{k: spec[k] for k in ("trial_id", "arm", "control_seed", "train_seed", "lora_layers",
                                     "garfa_layers")},
-            "finetune": ft, "eval": ev, "items_dir": str(out / "eval" / "items"),
-            "adapter_dir": str(out / "adapter") if spec["arm"] != "base" else None,
+            "finetune": ft, "eval": ev, "items_dir": f"{where}/eval/items",
+            "adapter_dir": f"{where}/adapter" if spec["arm"] != "base" else None,
             "wall_s": round(wall_s, 3), "gpu_hours": round(wall_s / 3600 * float(ctx.get("gpus", 0)), 6),
             "mlflow_run_id": run_id}
 

@@ -26,6 +26,9 @@ def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
+    # Ray Train propagates this to its controller: a worker group that cannot start (lost node, no capacity)
+    # fails after this long and counts against the fine-tune's bounded retries, instead of waiting for ever.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(ctx.get("start_timeout_s", 300)))
     run_trial(config["trial"], ctx, stages, report=lambda m: tune.report(dict(m)))
 
 
@@ -66,13 +69,52 @@ def _callback_cls():
     return ProgressCallback
 
 
+def _watchdog_cls():
+    from ray import tune
+    from ray.tune.stopper import Stopper
+
+    class Watchdog(tune.Callback, Stopper):
+        """Ends the study's Tune run when trials wait but none runs for longer than ``timeout_s``.
+
+        After a node is lost the remaining trials may need more than the cluster has left; Tune would keep
+        them PENDING forever. This bounds that wait: the run stops, the driver reports those trials as
+        unfinished (``coloc resume`` picks them up once the cluster is whole again).
+        """
+
+        def __init__(self, timeout_s: float):
+            self.timeout_s, self.idle_since, self.fired = timeout_s, None, False
+
+        def on_step_end(self, iteration, trials, **info):
+            import time
+
+            waiting = any(t.status == "PENDING" for t in trials)
+            running = any(t.status == "RUNNING" for t in trials)
+            if waiting and not running:
+                self.idle_since = self.idle_since or time.monotonic()
+                if time.monotonic() - self.idle_since > self.timeout_s and not self.fired:
+                    self.fired = True
+                    log.error("no trial could start for %.0f s (resources.start_timeout_s): stopping; the cluster "
+                              "lacks the resources the pending trials need", self.timeout_s)
+            else:
+                self.idle_since = None
+
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return self.fired
+
+    return Watchdog
+
+
 def trial_resources(resources: dict) -> dict:
     """What the trial function itself holds (its Ray Train workers hold cpus/gpus_per_worker on top)."""
     return {"cpu": resources["cpus_per_trial"], "gpu": resources["gpus_per_trial"]}
 
 
 def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressBoard, storage_path: str | Path,
-               name: str, max_concurrent: int, max_failures: int) -> dict[str, str]:
+               name: str, max_concurrent: int, max_failures: int, pending_timeout_s: float = 300.0
+               ) -> dict[str, str]:
     """Run ``specs`` as Tune trials; returns ``{trial_id: "DONE" | "ERROR: <message>"}``.
 
     Args:
@@ -84,12 +126,14 @@ def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressB
         name: Tune experiment name (unique per launch).
         max_concurrent: trials at once.
         max_failures: retries per trial.
+        pending_timeout_s: stop when trials wait but none has run for this long (see ``Watchdog``).
     """
     from ray import tune
 
     if not specs:
         return {}
     res = trial_resources(ctx["study"]["resources"])
+    watchdog = _watchdog_cls()(pending_timeout_s)
     trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx, stages=stages), res)
     tuner = tune.Tuner(
         trainable,
@@ -100,7 +144,7 @@ def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressB
                                     trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(name=name, storage_path=_abs(storage_path),
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
-                                  callbacks=[_callback_cls()(board)], verbose=0))
+                                  callbacks=[_callback_cls()(board), watchdog], stop=watchdog, verbose=0))
     try:
         grid = tuner.fit()
     except Exception as e:  # e.g. Ray's OOM killer took a Tune-internal actor: the whole fit() raises

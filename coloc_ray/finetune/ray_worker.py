@@ -30,9 +30,10 @@ def run_progress_file(storage_path: str, name: str) -> Optional[str]:
     """Where rank 0 keeps the live progress of run ``name``: ``<storage_path>/<name>/progress.json``.
 
     The Ray Train run dir, because the workers know it (not ``out_dir``) and it is on storage the driver
-    reads too. None for remote storage URIs (no live file there).
+    reads too: a local path or an object-store URI (``coloc_ray.io.write_json`` writes either).
     """
-    return None if "://" in str(storage_path) else str(Path(storage_path) / name / PROGRESS)
+    s = str(storage_path)
+    return f"{s.rstrip('/')}/{name}/{PROGRESS}" if "://" in s else str(Path(s) / name / PROGRESS)
 
 
 def run_location(cfg, out_dir) -> tuple[str, str, str]:
@@ -44,15 +45,20 @@ def run_location(cfg, out_dir) -> tuple[str, str, str]:
     name = cfg.run_name or f"finetune-{config_hash(cfg.model_dump(mode='json'))}"
     # Ray Train's run name is a directory under storage_path: no separators (study trials pass "t/finetune").
     ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
-    storage = str(Path(cfg.storage_path).resolve()) if cfg.storage_path else str(Path(out_dir).resolve() / ".train")
+    if cfg.storage_path and "://" in cfg.storage_path:
+        storage = cfg.storage_path.rstrip("/")  # an object-store URI: Ray Train opens it with pyarrow.fs
+    elif cfg.storage_path:
+        storage = str(Path(cfg.storage_path).expanduser().resolve())
+    else:
+        storage = str(Path(out_dir).resolve() / ".train")
     return name, ray_name, storage
 
 
-def progress_file(cfg, out_dir) -> Optional[Path]:
+def progress_file(cfg, out_dir) -> Path | str:
     """The live progress file of ``run_finetune(cfg, out_dir)``, for a caller to poll while it runs."""
     _, ray_name, storage = run_location(cfg, out_dir)
     p = run_progress_file(storage, ray_name)
-    return Path(p) if p else None
+    return p if "://" in p else Path(p)
 
 
 class RayHooks(TrackingHooks):
@@ -216,10 +222,12 @@ def train_loop_per_worker(config: dict) -> dict:
             loop.resume(d)
     elif rank == 0:
         tracker.log_params({**counts, "quant_resolved": tm.quant, "num_train_records": len(prep.train_items)})
+    held = _held_accelerators(rank, time.time())
     loop.run()
+    held["end"] = time.time()
     with loop.full_rho():  # final_metrics reads alpha from rho, sharded under FSDP / ZeRO-3
         metrics = final_metrics(loop, tm, time.perf_counter() - t0)
-    metrics.update(counts, num_workers=world, strategy=cfg.strategy)
+    metrics.update(counts, num_workers=world, strategy=cfg.strategy, accelerators=_gather(held, world))
 
     def write_final(d: Path) -> None:
         # Collective under FSDP / ZeRO-3 (the trainable tensors are gathered); rank 0 writes.
@@ -229,6 +237,26 @@ def train_loop_per_worker(config: dict) -> dict:
 
     report(loop, {"step": loop.state.step, "loss": metrics["final_train_loss"], "done": 1}, extra=write_final)
     return metrics
+
+
+def _held_accelerators(rank: int, start: float) -> dict:
+    """This worker's node and the GPU ids Ray assigned it (what ``result.json`` records per trial)."""
+    import ray
+
+    return {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start}
+
+
+def _gather(obj: dict, world: int) -> list[dict]:
+    """Every rank's ``obj`` (a collective when world > 1), ordered by rank."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return sorted(out, key=lambda d: d["rank"])
 
 
 def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str] = None,
@@ -253,7 +281,10 @@ def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str]
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            # Bounded: a worker group that cannot start (a lost node, no capacity) counts against the same
+            # limit instead of Ray's default of retrying forever (controller_failure_limit=-1).
+            failure_config=FailureConfig(max_failures=cfg.max_failures,
+                                         controller_failure_limit=max(cfg.max_failures, 0) + 1),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": env}),
     )

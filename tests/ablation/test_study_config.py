@@ -76,7 +76,22 @@ def test_valid_tiny_study_has_no_errors_and_k_limit_is_exact():
 def test_too_many_cpus_for_the_cluster():
     d = _base(resources={"cpus_per_trial": 2, "cpus_per_worker": 1})
     errs = validate_study(StudyConfig.model_validate(d), cluster_resources={"CPU": 2})
-    assert len(errs) == 1 and "asks for 3 CPUs" in errs[0]
+    assert "asks for 3 CPUs" in errs[0]
+
+
+def test_trial_functions_that_could_starve_their_workers_are_refused():
+    """4 trial functions x 0.5 CPU + one trial's 2 workers x 0.5 CPU = 3 > 2 CPUs: every running trial could
+    wait for workers that never get a CPU. 2 at once leave 1 CPU, enough for one trial's workers."""
+    d = _base(resources={"cpus_per_trial": 0.5, "cpus_per_worker": 0.5, "workers_per_trial": 2},
+              max_concurrent_trials=4)
+    errs = validate_study(StudyConfig.model_validate(d), cluster_resources={"CPU": 2})
+    assert len(errs) == 1 and "could hold every CPU" in errs[0] and "max_concurrent_trials" in errs[0]
+    d["max_concurrent_trials"] = 2
+    assert validate_study(StudyConfig.model_validate(d), cluster_resources={"CPU": 2}) == []
+    # GPUs: trial functions that hold a GPU each, 2 of 2 GPUs, leave none for the workers
+    g = _base(resources={"gpus_per_trial": 1, "gpus_per_worker": 1}, max_concurrent_trials=2)
+    errs = validate_study(StudyConfig.model_validate(g), cluster_resources={"CPU": 8, "GPU": 2})
+    assert any("exceed the cluster's 2 GPUs" in e for e in errs)
 
 
 def test_schema_errors_all_at_once():
@@ -122,7 +137,11 @@ def test_cli_validate_lists_every_error_exit_2(tmp_path):
 
 def test_study_dir_and_resolved(tmp_path):
     cfg = StudyConfig.model_validate(_base(control_seeds=2))
-    assert cfg.study_dir() == Path("runs") / "tiny_test"
+    assert cfg.study_dir() == str((Path("runs") / "tiny_test").resolve())
+    uri = StudyConfig.model_validate(_base(output_dir="s3://bucket/studies/x/"))
+    assert uri.study_dir() == "s3://bucket/studies/x" and validate_study(uri, num_layers=4) == []
+    bad = StudyConfig.model_validate(_base(output_dir="s4://bucket/x"))
+    assert any("unknown storage scheme" in e for e in validate_study(bad, num_layers=4))
     assert cfg.resolved()["control_seeds"] == [123, 124]
 
 

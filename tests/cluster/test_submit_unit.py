@@ -113,9 +113,13 @@ def test_invalid_study_fails_before_contacting_the_cluster(tmp_path, no_auth_env
 
 def test_cli_submit_errors_exit_2(tmp_path):
     env = {"RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": ""}
-    r = run_cli("submit", str(TINY), "--address", f"http://127.0.0.1:{free_port()}", env=env, timeout=120)
+    r = run_cli("submit", str(TINY), "--address", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "o"),
+                env=env, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "no Ray dashboard answers" in r.stderr and "Traceback" not in r.stderr
+    # no --out and no output_dir: runs/<name> would be in Ray's temporary job dir; refused before any contact
+    r = run_cli("submit", str(TINY), "--address", f"http://127.0.0.1:{free_port()}", env=env, timeout=120)
+    assert r.returncode == 2 and "temporary job directory" in r.stderr and "--out s3://" in r.stderr
     r = run_cli("submit", str(TINY), "--env", "NOEQUALS", "--address", "http://127.0.0.1:1", env=env, timeout=120)
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
 
