@@ -19,7 +19,7 @@ from coloc_ray.analysis import study_results as sr
 
 log = logging.getLogger(__name__)
 
-BENCH_LABELS = {"mmlu": "MMLU", "gpqa": "GPQA", "humanevalplus": "HumanEval+", "math": "MATH",
+BENCH_LABELS = {"mmlu": "MMLU", "gpqa": "GPQA", "humanevalplus": "HumanEval+", "math": "MATH (boxed EM)",
                 "mgsm": "MGSM", "arc_challenge": "ARC", "avg": "Avg", "heldout_loss": "held-out loss"}
 
 
@@ -27,6 +27,7 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
     """analysis.json (recomputed from the probes if absent) and the two probe figures."""
     from coloc_ray.analysis.colocalization import analyze
     from coloc_ray.analysis.plots import plot_profiles, plot_rank_scatter
+    from coloc_ray.analysis.run import band, sensitivity_uncertainty
     from coloc_ray.errors import UserError
 
     sens = sr.read_json_checked(study_dir / "probes" / "sensitivity.json", problems, "sensitivity probe")
@@ -34,12 +35,17 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
     path = study_dir / "analysis" / "analysis.json"
     ana = sr.read_json_checked(path, problems, "analysis") if path.is_file() else None
     try:
+        interp = [i for i, f in enumerate((rope or {}).get("interpolated") or []) if f]
         if ana is None and sens and rope:
-            interp = [i for i, f in enumerate(rope.get("interpolated") or []) if f]
             ana = analyze(sens["scores"], rope["scores"], top_k=int(sens.get("top_k") or 10), exclude=interp)
+        if ana and sens and "sensitivity_uncertainty" not in ana:
+            unc = sensitivity_uncertainty(sens, int(ana["top_k"]))
+            if unc is not None:
+                ana["sensitivity_uncertainty"] = unc
         if ana and sens and rope:
             plot_profiles(sens["scores"], rope["scores"], ana["sensitive_layers"], ana["rope_layers"],
-                          out / "profiles.png", title=f"{sens.get('model') or ''}")
+                          out / "profiles.png", title=f"{sens.get('model') or ''}",
+                          sens_band=band(ana.get("sensitivity_uncertainty")), rope_interpolated=interp)
             plot_rank_scatter(sens["scores"], rope["scores"], out / "rank_scatter.png",
                               spearman_r=ana["spearman_r"])
     except (UserError, KeyError, TypeError) as e:
@@ -239,7 +245,12 @@ def headline(res: dict, labels: dict[str, str]) -> str:
     if ana:
         parts.append(f"Probes: Spearman r(S, I) = {ana['spearman_r']:+.3f} (p = {ana['spearman_p']:.2g}), "
                      f"top-{ana['top_k']} overlap {ana['overlap']} vs {ana['expected_overlap']:.3g} expected; "
-                     f"given depth, partial r = {ana['partial_r']:+.3f} (p = {ana['partial_p']:.2g}).")
+                     f"given depth, partial r = {ana['partial_r']:+.3f} (p = {ana['partial_p']:.2g}"
+                     + (f", depth-surrogate p = {ana['depth_surrogate_p']:.2g}" if "depth_surrogate_p" in ana else "")
+                     + ")."
+                     + (f" Warning: the sensitive set S is unstable under a bootstrap over pairs (mean Jaccard "
+                        f"{ana['sensitivity_uncertainty']['stability_jaccard']:.2f})."
+                        if (ana.get("sensitivity_uncertainty") or {}).get("unstable") else ""))
     return " ".join(p for p in parts if p)
 
 
@@ -383,6 +394,13 @@ def _md_coloc(res: dict) -> list[str]:
                 _p(a.get("depth_surrogate_p"))],
                ["circular-shift p (not a depth control: floor 1/L for trending profiles)",
                 f"{a['circular_shift_p']:.3g}"]]), ""]
+    u = a.get("sensitivity_uncertainty")
+    if u:
+        from coloc_ray.analysis.probe_uncertainty import describe
+
+        flag = "**Warning: unstable S.** " if u["unstable"] else ""
+        p_in = ", ".join(f"{i}: {u['p_in_top_k'][i]:.2f}" for i in u["chosen"])
+        out += [f"{flag}{describe(u)} P(layer in top-{a['top_k']}) for the chosen layers: {p_in}.", ""]
     if a.get("excluded_layers"):
         out += [f"Interpolated RoPE layers {a['excluded_layers']} are left out of every statistic.", ""]
     if a.get("interpretation"):

@@ -27,7 +27,9 @@ def _minmax(v: Sequence[float]) -> np.ndarray:
 
 
 def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers: Sequence[int],
-                  rope_layers: Sequence[int], path: str | Path, title: str = "") -> Path:
+                  rope_layers: Sequence[int], path: str | Path, title: str = "",
+                  sens_band: tuple[Sequence[float], Sequence[float]] | None = None,
+                  rope_interpolated: Sequence[int] = ()) -> Path:
     """Both profiles against depth, each min-max normalized, with their top-k layers marked.
 
     Args:
@@ -37,6 +39,9 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
         rope_layers: top-k of I (filled markers on the I curve).
         path: PNG to write.
         title: optional first line of the title.
+        sens_band: (low, high) per layer of S (bootstrap over pairs), drawn as a shaded band on the
+            same normalization as S.
+        rope_interpolated: layers whose I was interpolated, not measured (hollow markers).
 
     Returns:
         The written path.
@@ -46,7 +51,15 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
     layers = np.arange(s.size)
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=120)
     ax.plot(layers, s, "-", color=SENS_COLOR, lw=1.6, label="sensitivity S (normalized)")
+    if sens_band is not None:
+        raw = np.asarray(sens, dtype=np.float64)
+        lo, span = raw.min(), (raw.max() - raw.min()) or 1.0
+        ax.fill_between(layers, (np.asarray(sens_band[0]) - lo) / span, (np.asarray(sens_band[1]) - lo) / span,
+                        color=SENS_COLOR, alpha=0.18, lw=0, label="S 95 % band (bootstrap over pairs)")
     ax.plot(layers, r, "-", color=ROPE_COLOR, lw=1.6, label="RoPE influence I (normalized)")
+    if len(rope_interpolated):
+        ri = list(rope_interpolated)
+        ax.scatter(ri, r[ri], s=30, facecolors="white", edgecolors=ROPE_COLOR, zorder=4, label="I interpolated")
     ks, kr = list(sensitive_layers), list(rope_layers)
     ax.scatter(ks, s[ks], s=46, color=SENS_COLOR, zorder=3, label=f"top-{len(ks)} S")
     ax.scatter(kr, r[kr], s=46, marker="s", color=ROPE_COLOR, zorder=3, label=f"top-{len(kr)} I")
@@ -56,7 +69,7 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
     ax.set_xlabel("layer (depth)")
     ax.set_ylabel("min-max normalized score")
     ax.set_xlim(-0.5, s.size - 0.5)
-    ax.set_ylim(-0.05, 1.12)
+    ax.set_ylim(-0.05 if sens_band is None else min(-0.05, float(ax.get_ylim()[0])), 1.12)
     step = max(1, s.size // 16)
     ax.set_xticks(layers[::step])
     ax.grid(alpha=0.25)

@@ -73,6 +73,7 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
     """
     from coloc_ray.analysis.colocalization import analyze
     from coloc_ray.analysis.plots import plot_profiles, plot_rank_scatter
+    from coloc_ray.analysis.probe_uncertainty import describe
     from coloc_ray.io import staged_output, write_json
 
     sens = check_probe(sensitivity, "sensitivity")
@@ -83,6 +84,12 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
     result = analyze(sens["scores"], rp["scores"], top_k=k, n_perm=n_perm, seed=seed, exclude=interp)
     result["model"] = sens.get("model") or rp.get("model")
     result["rope_interpolated_layers"] = interp
+    unc = sensitivity_uncertainty(sens, k)
+    if unc is not None:
+        result["sensitivity_uncertainty"] = unc
+        result["interpretation"] += " " + describe(unc)
+        if unc["unstable"]:
+            log.warning("analysis: %s Consider more pairs before training arms on S.", describe(unc))
     run = _open_run(tracker)
     result["mlflow_run_id"] = run.run_id if run is not None else None
     out = Path(out_dir)
@@ -91,7 +98,7 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
             write_json(stage / ANALYSIS_FILE, result)
             title = f"{result['model'] or 'model'}: {result['num_layers']} layers, top-{k}"
             plot_profiles(sens["scores"], rp["scores"], result["sensitive_layers"], result["rope_layers"],
-                          stage / PROFILES_PNG, title=title)
+                          stage / PROFILES_PNG, title=title, sens_band=band(unc), rope_interpolated=interp)
             plot_rank_scatter(sens["scores"], rp["scores"], stage / RANK_PNG,
                               spearman_r=result["spearman_r"], title=title)
         if run is not None:
@@ -104,6 +111,20 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
         run.end("FINISHED")
     log.info("analysis: %s", result["interpretation"])
     return result
+
+
+def sensitivity_uncertainty(sens: Mapping, top_k: int) -> dict | None:
+    """The bootstrap over pairs of a sensitivity record (None for a record without ``per_pair``)."""
+    from coloc_ray.analysis.probe_uncertainty import sensitivity_bootstrap
+
+    per_pair = sens.get("per_pair")
+    if not isinstance(per_pair, Mapping) or len(per_pair) < 2:
+        return None
+    return sensitivity_bootstrap(per_pair, sens.get("pair_domains"), top_k)
+
+
+def band(unc: dict | None):
+    return (unc["band_low"], unc["band_high"]) if unc else None
 
 
 def _open_run(tracker):

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "coloc_ray.cli.finetune",     # coloc finetune
     "coloc_ray.cli.evaluate",     # coloc eval
     "coloc_ray.cli.study",        # coloc validate|run|resume
+    "coloc_ray.cli.report_cmd",   # coloc report
     "coloc_ray.cli.jobs",         # coloc submit|status|logs
 ]
 

@@ -74,8 +74,13 @@ def build_study(root: Path) -> Path:
     rng = np.random.default_rng(0)
     depth = np.arange(8.0)
     (root / "probes").mkdir()
+    per_pair = {f"{d}{j}": (depth + rng.normal(0, 1, 8)).tolist() for d in ("code", "math") for j in range(3)}
+    domains = {pid: pid[:-1] for pid in per_pair}
+    scores = np.mean([np.mean([per_pair[p] for p in per_pair if domains[p] == d], axis=0) for d in ("code", "math")],
+                     axis=0)
     (root / "probes" / "sensitivity.json").write_text(json.dumps(
-        {"model": "tiny-gqa", "num_layers": 8, "top_k": 3, "scores": (depth + rng.normal(0, 1, 8)).tolist()}))
+        {"model": "tiny-gqa", "num_layers": 8, "top_k": 3, "scores": scores.tolist(), "per_pair": per_pair,
+         "pair_domains": domains}))
     (root / "probes" / "rope_influence.json").write_text(json.dumps(
         {"model": "tiny-gqa", "num_layers": 8, "scores": (-depth + rng.normal(0, 1, 8)).tolist()}))
     return root

@@ -151,6 +151,10 @@ def test_null_p_cost_and_markdown(study):
     for png in ("null.png", "arms.png", "profiles.png", "rank_scatter.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert res["colocalization"]["num_layers"] == 8  # recomputed from the probes (no analysis.json)
+    unc = res["colocalization"]["sensitivity_uncertainty"]  # bootstrap over the probe's pairs
+    assert unc["chosen"] == res["colocalization"]["sensitive_layers"] and len(unc["band_low"]) == 8
+    assert f"P(layer in top-3) for the chosen layers: {unc['chosen'][0]}: " in md
+    assert "depth-surrogate p" in md and "not a depth control" in md
 
 
 def test_missing_trial_and_benchmark_are_reported(study):
@@ -229,3 +233,18 @@ def test_tied_arms_are_called_level_not_above_or_below(tmp_path, monkeypatch):
     ps = sorted({v["p"] for b, v in res["null"].items() if v["p"] is not None and b in res["benchmarks"]})
     assert len(ps) == 1  # every benchmark ties, so every benchmark has the same empirical p
     assert f"A's empirical p is {ps[0]:.3g}," in headline or f"A's empirical p is {ps[0]:.3g} over" in headline
+
+
+def test_coloc_report_cli_rebuilds_the_report(study, tmp_path, capsys):
+    from coloc_ray.cli import main
+
+    assert main(["report", str(study)]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((study / "report" / "results.json").read_text())
+    assert res["headline"] in out and "report.md" in out
+    assert set(res["table5_a_minus_d"]["mmlu"]) >= {"diff", "ci_low", "ci_high", "p", "p_holm"}
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "not a study folder" in capsys.readouterr().err
