@@ -74,7 +74,9 @@ def final_metrics(loop: Loop, tm, wall_s: float) -> dict:
         # {record id: mean token loss} on the held-out records at the final step (same records for every arm)
         "heldout_record_losses": loop.record_losses,
         "heldout_record_tokens": loop.record_tokens,
-        "eval_losses": st.eval_losses,
+        # the same records at step 0, i.e. under the base model (LoRA B = 0, GARFA alpha = 1)
+        "heldout_record_losses_step0": next((e["records"] for e in st.eval_losses if "records" in e), None),
+        "eval_losses": [{"step": e["step"], "loss": e["loss"]} for e in st.eval_losses],
         "train_losses": st.train_losses,
         "alpha": alpha,
         "steps": st.step,

@@ -146,7 +146,12 @@ class Loop:
         self.record_losses, self.record_tokens = losses, tokens
         if self.state.eval_losses and self.state.eval_losses[-1]["step"] == self.state.step:
             self.state.eval_losses.pop()  # re-evaluated at the same step (a resume after the last eval)
-        self.state.eval_losses.append({"step": self.state.step, "loss": loss})
+        entry = {"step": self.state.step, "loss": loss}
+        if self.state.step == 0:
+            # Before any update LoRA's B is 0 and GARFA's alpha is 1: the base model's own per-record losses
+            # (the A - base comparison). Kept in the state, so a resumed run still reports them.
+            entry["records"] = dict(losses)
+        self.state.eval_losses.append(entry)
         self.hooks.on_eval(self, loss)
         return loss
 

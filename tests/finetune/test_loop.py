@@ -111,6 +111,15 @@ def test_heldout_record_losses_equal_each_records_own_loss(small_cfg):
     assert m["final_eval_loss"] == pytest.approx(want, rel=1e-12)
     assert m["eval_losses"][-1]["step"] == 4 and len({e["step"] for e in m["eval_losses"]}) == len(m["eval_losses"])
     assert len(set(got.values())) == len(got)  # real per-record values, not one number repeated
+    # Step 0 is the base model: the unpatched tiny model, loaded afresh, gives the same per-record losses.
+    from coloc_ray.models import load_model
+
+    base = load_model("tiny-gqa").model.eval()
+    step0 = m["heldout_record_losses_step0"]
+    assert sorted(step0) == sorted(got)
+    for ex in held:
+        assert step0[ex["id"]] == pytest.approx(_direct_record_loss(base, ex), rel=1e-5)
+        assert abs(step0[ex["id"]] - got[ex["id"]]) > 1e-4  # and training moved every record's loss
 
 
 def test_heldout_records_do_not_depend_on_arm_or_training_seed(small_cfg):
@@ -136,7 +145,7 @@ def _ddp_rank(rank: int, world: int, pg_file: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{pg_file}", rank=rank, world_size=world)
     try:
-        cfg = small_config(num_workers=world, max_steps=3, eval_every=100, data={"max_records": 60})
+        cfg = small_config(num_workers=world, max_steps=2, eval_every=100, data={"max_records": 40})
         prep = prepare(cfg, device="cpu")
         model = torch.nn.parallel.DistributedDataParallel(prep.trainable.model, find_unused_parameters=False)
         loop = Loop(model, prep.trainable.scalers, prep.train_items, prep.held_items, cfg,
@@ -155,7 +164,7 @@ def test_ddp_ranks_give_the_per_record_losses_one_worker_gives(small_cfg, tmp_pa
     r0, r1 = (torch.load(tmp_path / f"out.{r}", weights_only=False) for r in (0, 1))
     assert r0["losses"] == r1["losses"]  # both ranks evaluate all held-out records with the same weights
     # One worker, the same trained weights, the same config: the same records and losses.
-    cfg = small_cfg(max_steps=3, eval_every=100, data={"max_records": 60})
+    cfg = small_cfg(max_steps=2, eval_every=100, data={"max_records": 40})
     one = _loop(cfg)
     trained = dict(one.model.named_parameters())
     with torch.no_grad():
