@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -144,6 +145,48 @@ def _quant_kwargs(quant: str) -> dict:
         bnb_4bit_compute_dtype=torch.bfloat16)}
 
 
+def check_model_spec(spec: str) -> None:
+    """Up-front check of ``--model`` that reads only files (no torch, no conversion): a local directory's
+    config.json must be a UTF-8 JSON object with a ``model_type`` of a supported family. UserError otherwise."""
+    import json
+
+    from coloc_ray.models.families import family_for
+
+    if spec in ALIASES:
+        return
+    path, extra = resolve_model_dir(spec)
+    cfg_file = Path(path) / "config.json"
+    if extra or not cfg_file.is_file():
+        return  # a .gguf or a hub id: transformers reads those
+    try:
+        cfg = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--model {spec!r}: {str(cfg_file)!r} is corrupt ({type(e).__name__}: {_first_line(e)}); "
+                        "fix or re-download config.json") from None
+    except OSError as e:
+        raise UserError(f"--model {spec!r}: cannot read {str(cfg_file)!r} ({e.strerror})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise UserError(f"--model {spec!r}: {str(cfg_file)!r} has no model_type (not a transformers config); "
+                        "fix or re-download config.json")
+    family_for(cfg["model_type"], spec)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+@contextlib.contextmanager
+def _file_errors(spec: str, what: str):
+    """A damaged model file (truncated or random safetensors, broken tokenizer JSON) as one line naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, EOFError) as e:
+        raise UserError(f"--model {spec!r}: cannot load its {what} ({type(e).__name__}: {_first_line(e)}); the "
+                        "files are truncated or corrupt: re-download or re-convert the model") from None
+
+
 def load_model(spec: str, *, dtype=None, quant: str = "none", attn_implementation: str | None = "sdpa",
                device: str | None = None) -> LoadedModel:
     """Load ``spec`` (alias, hub id, HF dir or .gguf) with its tokenizer; checks it is a supported GQA RoPE model.
@@ -165,16 +208,19 @@ def load_model(spec: str, *, dtype=None, quant: str = "none", attn_implementatio
     if "gguf_file" not in extra:
         try:
             cfg = AutoConfig.from_pretrained(path)
-        except OSError as e:
-            raise UserError(f"--model {spec!r}: cannot read its config ({str(e).splitlines()[0]})") from None
+        except (OSError, ValueError) as e:  # not JSON, not UTF-8, not an object, no model_type
+            raise UserError(f"--model {spec!r}: cannot read its config ({_first_line(e)}); fix or re-download "
+                            "config.json") from None
         family_for(cfg.model_type, spec)
     qkw = _quant_kwargs(quant)
     if qkw and "gguf_file" in extra:
         raise UserError(f"--model {spec!r}: 4-bit cannot load from GGUF; convert it once (coloc models prepare)")
     dtype = dtype or torch.float32
-    tok = AutoTokenizer.from_pretrained(path, **extra)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation, **extra, **qkw)
+    with _file_errors(spec, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(path, **extra)
+    with _file_errors(spec, "weights"):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation, **extra, **qkw)
     if not qkw:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
