@@ -64,8 +64,11 @@ def register(sub) -> None:
 
 def build_config(args: argparse.Namespace):
     """Merge the YAML (if any) with the CLI flags (flags win) and validate it."""
+    from coloc_ray.cli.study import check_text_file
     from coloc_ray.finetune.config import load_yaml, parse_config
 
+    if args.config:
+        check_text_file(args.config, "--config")
     data = load_yaml(args.config) if args.config else {}
     for flag, key in SCALAR_FLAGS.items():
         val = getattr(args, flag, None)
@@ -91,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
     """Validate everything, then train; prints the final metrics as one JSON line."""
     from coloc_ray.finetune.api import run_finetune
 
+    from coloc_ray.cli.evaluate import _check_out
+    from coloc_ray.models.loading import check_model_spec
+
     cfg = build_config(args)  # run_finetune validates against the model before Ray starts
+    _check_out(args.out)
+    check_model_spec(cfg.model)  # an unsupported family or a corrupt config.json, before Ray starts
     metrics = run_finetune(cfg, args.out, address=args.address)
     keep = ("final_train_loss", "final_eval_loss", "steps", "tokens_per_s", "lora_params", "garfa_params")
     print(json.dumps({k: metrics.get(k) for k in keep}))

@@ -58,7 +58,9 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 def _submit(args) -> int:
     from coloc_ray.ablation import submit as sb
+    from coloc_ray.cli.study import check_text_file
 
+    check_text_file(args.study, "study file")
     job_id = sb.submit_study(args.study, args.address, token_file=args.token_file, tracking_uri=args.tracking_uri,
                              out=args.out, env=_parse_env(args.env), dry_run=args.dry_run)
     print(job_id, flush=True)

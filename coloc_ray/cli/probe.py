@@ -67,11 +67,17 @@ def _parse_layers(text: str | None) -> list[int] | None:
 
 
 def _check_out(out: str) -> Path:
+    """``--out`` must be a directory we can create or write, checked before any work."""
+    import os
+
     from coloc_ray.errors import UserError
 
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise UserError(f"--out {out!r} is a file; give a directory")
+    anchor = next((a for a in [p, *p.parents] if a.exists()), Path("."))
+    if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out!r}: {str(anchor)!r} is not writable; give a directory you can write")
     return p
 
 
@@ -101,10 +107,12 @@ def _track_and_write(args, result: dict, name: str, series: dict[str, list], par
 
 def _sensitivity(args) -> int:
     # Every check runs before torch/transformers are imported: a user mistake answers in a second.
+    from coloc_ray.models.loading import check_model_spec
     from coloc_ray.probes.checks import check_num_workers, check_pooling, check_top_k, model_ref
     from coloc_ray.probes.pairs import load_pairs
 
     _check_out(args.out)
+    check_model_spec(args.model)
     pairs = load_pairs(args.pairs)
     check_pooling(args.pooling, args.sink_multiple)
     check_num_workers(args.num_workers)
@@ -122,10 +130,12 @@ def _sensitivity(args) -> int:
 
 
 def _rope(args) -> int:
+    from coloc_ray.models.loading import check_model_spec
     from coloc_ray.probes.checks import check_num_workers, check_rope_args, model_ref
     from coloc_ray.probes.evaltexts import resolve_eval_texts
 
     _check_out(args.out)
+    check_model_spec(args.model)
     factors = _parse_floats(args.factor or ["2.0"], "--factor")
     layers = _parse_layers(args.layers)
     check_num_workers(args.num_workers)

@@ -77,6 +77,7 @@ def _validate(args) -> int:
         return 0
     if not args.study:
         raise UserError("coloc validate: give a study YAML (or --schema)")
+    check_text_file(args.study, "study file")
     cfg = load_study(args.study)
     res = _cluster_resources(args.address) if args.address else (_local_resources() if args.local else None)
     errs = validate_study(cfg, cluster_resources=res)
@@ -104,6 +105,7 @@ def _stages():
 def _run(args) -> int:
     from coloc_ray.ablation.study_config import load_study
 
+    check_text_file(args.study, "study file")
     cfg = load_study(args.study)
     with _console(cfg, args.out, getattr(args, "verbose", False)):
         return _finish(cfg, args.out, args.address)
@@ -131,6 +133,33 @@ def _resume(args) -> int:
     p = Path(args.study_dir) / "study.json"
     if not p.is_file():
         raise UserError(f"{args.study_dir}: no study.json here; pass the directory `coloc run` created")
-    cfg = StudyConfig.model_validate(read_json(p))
+    check_text_file(p, "study record")
+    try:
+        cfg = StudyConfig.model_validate(read_json(p))
+    except (ValueError, TypeError) as e:  # JSONDecodeError, pydantic's ValidationError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if hasattr(e, "errors"):  # pydantic: name the first bad key
+            err = e.errors()[0]
+            first = f"{'.'.join(map(str, err['loc'])) or 'top level'}: {err['msg']}"
+        raise UserError(f"{p} is corrupt ({type(e).__name__}: {first}); restore it, or start the study again "
+                        "with `coloc run <study.yaml> --out <a new dir>`") from None
     with _console(cfg, args.study_dir, getattr(args, "verbose", False)):
         return _finish(cfg, args.study_dir, args.address)
+
+
+def check_text_file(path, what: str) -> None:
+    """A YAML / JSON input must be readable UTF-8 text: one line naming the file otherwise (not a traceback)."""
+    from pathlib import Path
+
+    from coloc_ray.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        return  # the loader names a missing file in its own words
+    try:
+        p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {str(p)!r} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                        "save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{what} {str(p)!r} cannot be read ({e.strerror})") from None
