@@ -1,6 +1,9 @@
 """LS-LoRA (METHOD 4): PEFT LoRA on the seven projections of layer set X only, plus GARFA on set Y.
 
 PEFT does the placement (``layers_to_transform`` + ``layers_pattern="layers"``); we only pick the layers.
+The projections go by the family's own module names (``ModelFamily.lora_targets``: Phi-3's fused
+``qkv_proj`` / ``gate_up_proj``). MoE experts stored as 3-D parameters go through PEFT's ``target_parameters``,
+which ignores ``layers_to_transform`` (peft 0.21): they are listed per layer of X, so the restriction stays exact.
 GARFA is applied AFTER ``get_peft_model``: PEFT freezes every parameter it did not create, rho included.
 """
 
@@ -13,8 +16,7 @@ from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
-# The seven projections of a Llama-style block (attention q/k/v/o and the gated MLP).
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from coloc_ray.models.families import SEVEN_PROJECTIONS as LORA_TARGETS  # Llama names; families may differ
 
 
 @dataclass
@@ -53,13 +55,29 @@ def resolve_quant(quant: str, cuda: Optional[bool] = None, strategy: str = "ddp"
     return "4bit" if cuda else "none"
 
 
-def lora_config(layers: list[int], r: int = 16, alpha: float = 32.0, dropout: float = 0.05):
-    """The PEFT LoraConfig for LoRA on exactly ``layers`` (the seven projections, nothing else)."""
+def lora_config(layers: list[int], r: int = 16, alpha: float = 32.0, dropout: float = 0.05,
+                model_type: str = "llama"):
+    """The PEFT LoraConfig for LoRA on exactly ``layers``: the family's projections (and experts), nothing else.
+
+    Raises:
+        UserError: an MoE family (expert parameters) with ``dropout != 0``, which PEFT's ParamWrapper refuses.
+    """
     from peft import LoraConfig
 
+    from coloc_ray.errors import UserError
+    from coloc_ray.models.families import family_for
+
+    fam = family_for(model_type, model_type)
+    layers = sorted(layers)
+    # Per-layer names: target_parameters matches by suffix and does not honour layers_to_transform.
+    params = [f"layers.{l}.{p}" for l in layers for p in fam.lora_target_parameters]
+    if params and dropout:
+        raise UserError(f"training.lora_dropout = {dropout}: LoRA on the experts of a {model_type!r} model "
+                        "(PEFT target_parameters) needs lora_dropout 0; set training.lora_dropout: 0")
     return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
-        layers_to_transform=sorted(layers), layers_pattern="layers", bias="none", task_type="CAUSAL_LM")
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(fam.lora_targets),
+        target_parameters=params or None, layers_to_transform=layers, layers_pattern="layers", bias="none",
+        task_type="CAUSAL_LM")
 
 
 def attach(model, cfg, quantized: bool = False):
@@ -84,7 +102,7 @@ def attach(model, cfg, quantized: bool = False):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = get_peft_model(model, lora_config(cfg.lora_layers, cfg.lora_r, cfg.lora_alpha,
-                                                      cfg.lora_dropout))
+                                                      cfg.lora_dropout, model.config.model_type))
     scalers = None
     if cfg.garfa_layers:
         from coloc_ray.garfa import apply_garfa
@@ -164,12 +182,18 @@ def trainable_counts(model) -> dict[str, int]:
 
 
 def lora_placement(model) -> dict[int, set[str]]:
-    """{layer index: projection names} of every module carrying a LoRA adapter (for tests and logs)."""
+    """{layer index: adapted names} of every module / expert parameter carrying a LoRA adapter (tests, logs).
+
+    Modules by their own name (``q_proj``, Phi-3's ``qkv_proj``); expert parameters as ``experts.<param>``
+    (PEFT nests one ParamWrapper per parameter, each under ``base_layer``).
+    """
     from coloc_ray.models import decoder_layers
 
     out: dict[int, set[str]] = {}
     for i, layer in enumerate(decoder_layers(model)):
         for name, mod in layer.named_modules():
             if hasattr(mod, "lora_A") and len(getattr(mod, "lora_A")) > 0:
-                out.setdefault(i, set()).add(name.rsplit(".", 1)[-1])
+                parts = [p for p in name.split(".") if p != "base_layer"]
+                param = getattr(mod, "parameter_name", None)
+                out.setdefault(i, set()).add(f"{parts[-1]}.{param}" if param else parts[-1])
     return out

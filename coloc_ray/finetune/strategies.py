@@ -28,6 +28,11 @@ DECODER_LAYER_CLASSES: dict[str, str] = {
     "llama": "transformers.models.llama.modeling_llama.LlamaDecoderLayer",
     "qwen2": "transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer",
     "mistral": "transformers.models.mistral.modeling_mistral.MistralDecoderLayer",
+    "qwen3": "transformers.models.qwen3.modeling_qwen3.Qwen3DecoderLayer",
+    "qwen3_moe": "transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeDecoderLayer",
+    "gemma2": "transformers.models.gemma2.modeling_gemma2.Gemma2DecoderLayer",
+    "gemma3_text": "transformers.models.gemma3.modeling_gemma3.Gemma3DecoderLayer",
+    "phi3": "transformers.models.phi3.modeling_phi3.Phi3DecoderLayer",
 }
 
 

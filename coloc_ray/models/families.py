@@ -1,25 +1,43 @@
-"""Registry of supported GQA model families: where their decoder layers and rotary embedding live."""
+"""Registry of supported GQA model families: where their pieces live and how they differ (docs/MODELS.md).
+
+One entry per HF ``config.model_type``. The probes, LS-LoRA, GARFA and the FSDP wrap read what differs from
+here; the HF attention details GARFA needs (q/k norms, fused q/k/v, soft-capping) live beside its patch in
+``coloc_ray.garfa.patch``, which registers them for the same model types.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# METHOD 4's "seven projections" of a Llama-style block (attention q/k/v/o and the gated MLP).
+SEVEN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """How to find the pieces the probes and GARFA need inside an HF causal LM of one family.
+    """How to find the pieces the probes, LoRA and GARFA need inside an HF causal LM of one family.
 
     Attributes:
         model_type: ``config.model_type`` as HF writes it.
         layers_path: dotted path from the CausalLM to its ``nn.ModuleList`` of decoder blocks.
         rotary_path: dotted path to the shared rotary-embedding module.
         norm_path: dotted path to the final norm (applied after the last block).
+        lora_targets: the module names LS-LoRA adapts (METHOD's seven projections under this family's names:
+            Phi-3 fuses them into ``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj``).
+        lora_target_parameters: 3-D expert weights adapted through PEFT's ``target_parameters`` (MoE families
+            whose experts are one ``nn.Parameter`` per projection, not ``nn.Linear`` modules); the router is
+            never listed.
+        final_logit_softcap: name of the config field that soft-caps the output logits
+            (``logits = cap * tanh(logits / cap)``, Gemma 2), or None.
     """
 
     model_type: str
     layers_path: str = "model.layers"
     rotary_path: str = "model.rotary_emb"
     norm_path: str = "model.norm"
+    lora_targets: tuple[str, ...] = SEVEN_PROJECTIONS
+    lora_target_parameters: tuple[str, ...] = ()
+    final_logit_softcap: str | None = None
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -32,8 +50,27 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 
 # Llama 2/3.x (and SmolLM2), Qwen2/2.5, Mistral share the HF decoder layout.
-for _t in ("llama", "qwen2", "mistral"):
-    register_family(ModelFamily(_t))
+register_family(ModelFamily("llama"))
+register_family(ModelFamily("qwen2"))
+register_family(ModelFamily("mistral"))
+# Qwen3: RMS norm on each query / key head before RoPE (q_norm, k_norm); otherwise the Llama layout.
+register_family(ModelFamily("qwen3"))
+# Gemma 2: sliding / global layers alternate, query_pre_attn_scalar, attention and final-logit soft-capping.
+register_family(ModelFamily("gemma2", final_logit_softcap="final_logit_softcapping"))
+# Gemma 3 text (gemma-3-1b; Gemma3ForCausalLM): Gemma 2's layout without attention soft-capping, plus q/k norms
+# and a RoPE base per layer type (10k on sliding layers, 1M on global ones, linearly scaled on the 4B+ models).
+register_family(ModelFamily("gemma3_text", final_logit_softcap="final_logit_softcapping"))
+# Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv_proj and gate_up_proj (four modules for the seven projections),
+# partial rotary (Phi-4-mini rotates 3/4 of each head) and longrope scaling.
+register_family(ModelFamily("phi3", lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")))
+# Qwen3-MoE: Qwen3 attention; experts are 3-D parameters (gate_up_proj [E, 2I, D], down_proj [E, D, I]), adapted
+# per expert through PEFT's target_parameters; the router (mlp.gate) is left alone. The MLP names are not listed as
+# modules: peft 0.21 rewrites gate/up/down_proj targets of this model type into expert parameters on every layer
+# (its transformers-v4 compatibility), which would break the layer restriction. So the dense MLP of layers in
+# mlp_only_layers (none in the released checkpoints) gets no LoRA.
+register_family(ModelFamily(
+    "qwen3_moe", lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+    lora_target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj")))
 
 
 def family_for(model_type: str, name: str) -> ModelFamily:
@@ -47,3 +84,22 @@ def family_for(model_type: str, name: str) -> ModelFamily:
             f"model {name!r} has model_type {model_type!r}, which coloc-ray does not support; "
             f"supported families: {', '.join(sorted(FAMILIES))} (register_family() adds one)"
         ) from None
+
+
+def config_problem(config: dict, name: str) -> str | None:
+    """Why coloc-ray cannot run the model whose ``config.json`` is ``config`` (None: it can), from the JSON
+    alone (no weights, no transformers import): ``coloc validate`` calls it before any work.
+
+    A multimodal wrapper (``text_config`` inside, e.g. ``gemma3`` for gemma-3-4b and up) is refused by name:
+    its causal LM is the text model, loaded from a text-only checkpoint.
+    """
+    mtype = config.get("model_type", "?")
+    if mtype in FAMILIES:
+        return None
+    inner = config.get("text_config")
+    hint = ""
+    if isinstance(inner, dict) and inner.get("model_type") in FAMILIES:
+        hint = (f"; it wraps a {inner['model_type']!r} text model, which is supported from a text-only "
+                f"checkpoint (e.g. google/gemma-3-1b-it for gemma3_text)")
+    return (f"model {name!r} has model_type {mtype!r}, which coloc-ray does not support; "
+            f"supported families: {', '.join(sorted(FAMILIES))}{hint}")

@@ -73,11 +73,16 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def rotary_embedding(model: nn.Module) -> nn.Module:
-    """The model's shared rotary embedding module (UserError if the model has none)."""
+    """The model's shared rotary embedding module (UserError if the model has none).
+
+    Most families hold one table (``inv_freq``); Gemma 3 holds one per layer type (``<type>_inv_freq``):
+    :func:`layer_rope` reads the one a given layer uses.
+    """
     base = unwrap_model(model)
     fam = family_for(getattr(base.config, "model_type", "?"), _name(base))
     rot = _get_path(base, fam.rotary_path)
-    if rot is None or not hasattr(rot, "inv_freq"):
+    per_type = [t for t in (getattr(base.config, "layer_types", None) or []) if hasattr(rot, f"{t}_inv_freq")]
+    if rot is None or not (hasattr(rot, "inv_freq") or per_type):
         raise UserError(
             f"model {_name(base)!r} has no rotary position embedding at {fam.rotary_path!r}: "
             "the RoPE probe and GARFA need a RoPE model"
@@ -85,15 +90,53 @@ def rotary_embedding(model: nn.Module) -> nn.Module:
     return rot
 
 
-def base_inv_freq(model: nn.Module) -> torch.Tensor:
-    """``inv_freq[i]``, i < d/2, exactly as the model computes them (after its own rope_scaling), fp32."""
-    return rotary_embedding(model).inv_freq.detach().float().clone()
+def layer_type(model: nn.Module, layer: int) -> str | None:
+    """``config.layer_types[layer]`` (``"sliding_attention"`` / ``"full_attention"``), or None."""
+    types = getattr(unwrap_model(model).config, "layer_types", None)
+    return types[layer] if types else None
+
+
+def layer_rope(model: nn.Module, layer: int) -> tuple[torch.Tensor, float]:
+    """(``inv_freq``, ``attention_scaling``) that layer ``layer`` rotates with, read live from the rotary module.
+
+    The layer's own: Gemma 3 keeps a table per layer type (local base on sliding layers, global base and
+    scaling on full ones). Read at call time, so dynamic rope types that update ``inv_freq`` are followed.
+    ``inv_freq`` has ``rotary_dim / 2`` entries (fewer than ``head_dim / 2`` under partial rotary, Phi-4-mini).
+    """
+    rot, inv_name, scale_name = layer_rope_names(model, layer)
+    return getattr(rot, inv_name), float(getattr(rot, scale_name, 1.0))
+
+
+def layer_rope_names(model: nn.Module, layer: int) -> tuple[nn.Module, str, str]:
+    """(rotary module, name of layer ``layer``'s ``inv_freq`` buffer, name of its attention scaling)."""
+    rot = rotary_embedding(model)
+    kind = layer_type(model, layer)
+    if kind is not None and hasattr(rot, f"{kind}_inv_freq"):
+        return rot, f"{kind}_inv_freq", f"{kind}_attention_scaling"
+    return rot, "inv_freq", "attention_scaling"
+
+
+def base_inv_freq(model: nn.Module, layer: int = 0) -> torch.Tensor:
+    """``inv_freq[i]`` of layer ``layer``, exactly as the model computes them (after its rope scaling), fp32."""
+    return layer_rope(model, layer)[0].detach().float().clone()
 
 
 def final_norm(model: nn.Module) -> nn.Module:
     base = unwrap_model(model)
     fam = family_for(base.config.model_type, _name(base))
     return _get_path(base, fam.norm_path)
+
+
+def final_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from the last block's output: final norm, LM head, and the family's logit soft-capping (Gemma 2),
+    the same steps as the model's own forward."""
+    base = unwrap_model(model)
+    fam = family_for(base.config.model_type, _name(base))
+    logits = base.get_output_embeddings()(final_norm(base)(hidden))
+    cap = getattr(base.config, fam.final_logit_softcap, None) if fam.final_logit_softcap else None
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def model_info(model: nn.Module, name: str | None = None) -> ModelInfo:
@@ -106,8 +149,9 @@ def model_info(model: nn.Module, name: str | None = None) -> ModelInfo:
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     rope = getattr(cfg, "rope_parameters", None) or {}
-    if isinstance(rope, dict) and "rope_theta" not in rope and rope:  # per-layer-type dicts
-        rope = next(iter(rope.values())) if isinstance(next(iter(rope.values())), dict) else rope
+    if isinstance(rope, dict) and "rope_theta" not in rope and rope:  # per-layer-type dicts: the global one
+        rope = rope.get("full_attention") or next(iter(rope.values()))
+        rope = rope if isinstance(rope, dict) else {}
     theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
     info = ModelInfo(
         name=name or _name(base), model_type=cfg.model_type, num_layers=len(layers), num_heads=heads,

@@ -101,7 +101,8 @@ def register_alias(name: str, resolver: Callable[[], Path]) -> None:
 
 
 register_alias("smollm2-135m", _smollm2_dir)
-for _n in ("tiny-gqa", "tiny-qwen2", "tiny-mistral", "tiny-mha"):
+for _n in ("tiny-gqa", "tiny-qwen2", "tiny-mistral", "tiny-mha", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3",
+           "tiny-phi3", "tiny-qwen3-moe"):
     register_alias(_n, lambda _n=_n: _tiny_dir(_n))
 
 

@@ -26,24 +26,28 @@ import torch
 import torch.nn.functional as F
 
 from coloc_ray.errors import UserError
-from coloc_ray.models import decoder_layers, rotary_embedding, unwrap_model
-from coloc_ray.models.introspect import final_norm
+from coloc_ray.models import decoder_layers, unwrap_model
+from coloc_ray.models.introspect import final_logits, layer_rope
 from coloc_ray.probes.sensitivity import tokenize_right
 
 log = logging.getLogger(__name__)
 
 
-def scaled_position_embeddings(model, position_ids: torch.Tensor, factor: float, dtype: torch.dtype):
-    """(cos, sin) as the model's rotary module computes them, with ``inv_freq * factor**(-2i/d)``."""
-    rot = rotary_embedding(model)
-    inv = rot.inv_freq.detach().double()
+def scaled_position_embeddings(model, position_ids: torch.Tensor, factor: float, dtype: torch.dtype,
+                               layer: int = 0):
+    """(cos, sin) as the model's rotary module computes them for ``layer``, with ``inv_freq * factor**(-2i/d)``.
+
+    The layer's own table (Gemma 3: the local base on sliding layers, the global one on full layers); d is the
+    rotary width (``2 * len(inv_freq)``, less than head_dim under partial rotary).
+    """
+    inv, scaling = layer_rope(model, layer)
+    inv = inv.detach().double()
     d = 2 * inv.numel()
     scale = float(factor) ** (-2.0 * torch.arange(inv.numel(), dtype=torch.float64) / d)
     inv = (inv * scale.to(inv.device)).float()  # factor 1.0 gives back the model's inv_freq bit for bit
     # Same ops as LlamaRotaryEmbedding.forward (fp32 angles, cat, cos/sin, attention_scaling).
     freqs = position_ids[..., None].float() * inv.to(position_ids.device)
     emb = torch.cat((freqs, freqs), dim=-1)
-    scaling = getattr(rot, "attention_scaling", 1.0)
     return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
 
 
@@ -84,8 +88,8 @@ def capture_block_inputs(model, input_ids, attention_mask):
     return inputs, kwargs, loss_sums(logits, input_ids, attention_mask)
 
 
-def _swap(kw: dict, model, factor: float, dtype) -> dict:
-    pe = scaled_position_embeddings(model, kw["position_ids"], factor, dtype)
+def _swap(kw: dict, model, layer: int, factor: float, dtype) -> dict:
+    pe = scaled_position_embeddings(model, kw["position_ids"], factor, dtype, layer)
     return {**kw, "position_embeddings": pe}
 
 
@@ -96,9 +100,9 @@ def cached_tail_loss(model, inputs, kwargs, layer: int, factor: float, input_ids
     h = inputs[layer]
     with torch.no_grad():
         for j in range(layer, len(layers)):
-            kw = _swap(kwargs[j], base, factor, h.dtype) if j == layer else kwargs[j]
+            kw = _swap(kwargs[j], base, layer, factor, h.dtype) if j == layer else kwargs[j]
             h = _block_out(layers[j](h, **kw))
-        logits = base.get_output_embeddings()(final_norm(base)(h))
+        logits = final_logits(base, h)  # norm, head and the family's soft-capping (Gemma 2)
     return loss_sums(logits, input_ids, attention_mask)
 
 
@@ -108,7 +112,7 @@ def naive_loss(model, input_ids, attention_mask, layer: int, factor: float):
 
     def hook(_mod, args, kw):
         h = args[0] if args else kw["hidden_states"]
-        return args, _swap(kw, base, factor, h.dtype)
+        return args, _swap(kw, base, layer, factor, h.dtype)
 
     handle = decoder_layers(base)[layer].register_forward_pre_hook(hook, with_kwargs=True)
     try:

@@ -95,7 +95,7 @@ def test_unsupported_family_and_double_apply_are_user_errors(tiny_model):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(UserError, match="model_type 'gpt2'.*supported: llama, mistral, qwen2"):
+    with pytest.raises(UserError, match="model_type 'gpt2'.*supported: gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3, qwen3_moe"):
         apply_garfa(gpt2, [0])
     model = tiny_model()
     apply_garfa(model, [0])
