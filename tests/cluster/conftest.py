@@ -92,3 +92,33 @@ def ray_head():
         proc.wait(timeout=10)
         _kill_leftovers(str(d))
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with an empty bucket (:class:`tests.cluster.multinode.S3Server`).
+
+    ``s3_server.env`` (endpoint, dummy keys, region) is what a client needs; ``s3_server.uri("a", "b")``
+    gives ``s3://<bucket>/a/b``; ``s3_server.keys(prefix)`` lists what is stored.
+    """
+    from tests.cluster.multinode import S3Server
+
+    with S3Server() as s3:
+        yield s3
+
+
+@pytest.fixture(scope="module")
+def multinode(s3_server, tmp_path_factory):
+    """A real 3-node Ray cluster on 127.0.0.1 (:class:`tests.cluster.multinode.MultiNodeCluster`).
+
+    Head with 0 CPUs; worker nodes ``w1``, ``w2`` with 1 CPU, 2 logical GPUs and the resource ``node_wK: 1``
+    each; token auth; the S3 server's env on every node. The worker nodes cannot see this session's pytest
+    temp dirs (``tmp_path`` of any test) nor the head's or each other's files. ``multinode.driver()``
+    connects this process; ``multinode.env`` is a client's environment (e.g. for ``coloc submit``).
+    One cluster per test module: a module that kills a node should do it last or ``add_worker()`` after.
+    """
+    from tests.cluster.multinode import MultiNodeCluster
+
+    hide = [tmp_path_factory.getbasetemp()]
+    with MultiNodeCluster(workers=2, cpus=1, gpus=2, hide=hide, env=s3_server.env) as cluster:
+        yield cluster
