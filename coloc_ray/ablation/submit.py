@@ -44,13 +44,38 @@ META_PREFIX = "coloc."
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def ensure_private_token(path: str | Path) -> Path:
+    """Make ``path`` a token file only its owner can read: create it (a fresh random token, mode 0600, in a 0700
+    directory) when absent, else tighten a group/world-readable one to 0600. Ray 2.60 writes its default
+    ``~/.ray/auth_token`` with the umask (0644); call this before the first ``ray.init`` / ``ray start``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+        except FileExistsError:
+            return ensure_private_token(p)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    elif p.stat().st_mode & 0o077:
+        p.chmod(0o600)
+    return p
+
+
 def read_token(token_file: str | None = None) -> str | None:
-    """The cluster token from ``token_file``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH`` (None if none)."""
+    """The cluster token from ``token_file``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH`` (None if none).
+
+    A token file others can read still works, with a warning to ``chmod 600`` it."""
     path = token_file or (None if os.environ.get("RAY_AUTH_TOKEN") else os.environ.get("RAY_AUTH_TOKEN_PATH"))
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserError(f"token file {str(p)!r} does not exist; pass the cluster's token file with --token-file")
+        if p.stat().st_mode & 0o077:
+            import logging
+
+            logging.getLogger(__name__).warning("token file %s is readable by other users (mode %o): chmod 600 %s",
+                                                p, p.stat().st_mode & 0o777, p)
         token = p.read_text().strip()
         if not token:
             raise UserError(f"token file {str(p)!r} is empty; it must hold the cluster's auth token")
