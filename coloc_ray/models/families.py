@@ -73,33 +73,25 @@ register_family(ModelFamily(
     lora_target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj")))
 
 
+# Model types people ask for that are not supported, with what to use instead (named in the error).
+NEAR_MISSES = {
+    "gemma3": "the multimodal Gemma 3 (4B and up, Gemma3ForConditionalGeneration); the text-only "
+              "google/gemma-3-1b-it (gemma3_text) is supported",
+    "mixtral": "the supported mixture-of-experts family is qwen3_moe (e.g. Qwen/Qwen3-30B-A3B)",
+    "qwen2_moe": "the supported mixture-of-experts family is qwen3_moe (e.g. Qwen/Qwen3-30B-A3B)",
+    "phimoe": "the supported mixture-of-experts family is qwen3_moe (e.g. Qwen/Qwen3-30B-A3B)",
+}
+
+
 def family_for(model_type: str, name: str) -> ModelFamily:
-    """The family of ``model_type``, or a UserError naming the model and the supported families."""
+    """The family of ``model_type``, or a UserError naming the model, its type and the supported families."""
     from coloc_ray.errors import UserError
 
     try:
         return FAMILIES[model_type]
     except KeyError:
+        hint = f" ({NEAR_MISSES[model_type]})" if model_type in NEAR_MISSES else ""
         raise UserError(
-            f"model {name!r} has model_type {model_type!r}, which coloc-ray does not support; "
+            f"model {name!r} has model_type {model_type!r}, which coloc-ray does not support{hint}; "
             f"supported families: {', '.join(sorted(FAMILIES))} (register_family() adds one)"
         ) from None
-
-
-def config_problem(config: dict, name: str) -> str | None:
-    """Why coloc-ray cannot run the model whose ``config.json`` is ``config`` (None: it can), from the JSON
-    alone (no weights, no transformers import): ``coloc validate`` calls it before any work.
-
-    A multimodal wrapper (``text_config`` inside, e.g. ``gemma3`` for gemma-3-4b and up) is refused by name:
-    its causal LM is the text model, loaded from a text-only checkpoint.
-    """
-    mtype = config.get("model_type", "?")
-    if mtype in FAMILIES:
-        return None
-    inner = config.get("text_config")
-    hint = ""
-    if isinstance(inner, dict) and inner.get("model_type") in FAMILIES:
-        hint = (f"; it wraps a {inner['model_type']!r} text model, which is supported from a text-only "
-                f"checkpoint (e.g. google/gemma-3-1b-it for gemma3_text)")
-    return (f"model {name!r} has model_type {mtype!r}, which coloc-ray does not support; "
-            f"supported families: {', '.join(sorted(FAMILIES))}{hint}")
