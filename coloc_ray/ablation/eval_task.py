@@ -78,8 +78,10 @@ def evaluate_on_gpu(stages, cfg, out: Path, tracker, resources: dict, adapter_ur
     import ray
 
     timeout = float(resources.get("start_timeout_s", 600))
+    # "DEFAULT": outside the trial's own placement group (Tune's trials capture their children into it, and it
+    # holds only the trial function's CPUs); the evaluation's GPUs are its own reservation.
     actor = _runner_cls().options(num_gpus=float(resources["GPU"]), num_cpus=float(resources.get("CPU", 1)),
-                                  name=None).remote()
+                                  scheduling_strategy="DEFAULT").remote()
     try:
         try:
             where = ray.get(actor.ready.remote(), timeout=timeout)

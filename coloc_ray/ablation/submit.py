@@ -228,6 +228,20 @@ def runtime_env(working_dir: Path, address: str, tracking_uri: str | None = None
     return {"working_dir": str(working_dir), "excludes": upload_excludes(working_dir), "env_vars": env_vars}
 
 
+def _readable_progress(study_dir: str) -> bool:
+    """Whether this machine can read the study's ``progress.json`` (a shared path, or the bucket with our
+    credentials); any failure to reach it just means: use the job's log instead."""
+    from coloc_ray.ablation.progress import PROGRESS
+    from coloc_ray.storage import Storage, is_uri
+
+    if not is_uri(study_dir):
+        return Path(study_dir).is_absolute() and (Path(study_dir) / PROGRESS).is_file()
+    try:
+        return Storage(study_dir).is_file(PROGRESS)
+    except Exception:  # noqa: BLE001 - no credentials, no network: fall back to the log
+        return False
+
+
 def _cluster_storage(study: Path, dest: str | None, name: str) -> str:
     """Where a submitted study writes: storage every node sees, never Ray's temporary job directory."""
     from coloc_ray.storage import is_uri
@@ -389,10 +403,10 @@ def table_from_logs(logs: str) -> str | None:
 
 def trial_table(info: dict, logs: str | None) -> str:
     """The live trial table: from ``progress.json`` when the study dir is reachable here, else the job's logs."""
-    from coloc_ray.ablation.progress import PROGRESS, render_progress
+    from coloc_ray.ablation.progress import render_progress
 
     study_dir = info.get("metadata", {}).get(f"{META_PREFIX}study_dir", "")
-    if study_dir and Path(study_dir).is_absolute() and (Path(study_dir) / PROGRESS).is_file():
+    if study_dir and _readable_progress(study_dir):
         return render_progress(study_dir)
     table = table_from_logs(logs or "")
     return table or "(no trial table yet: the study has not started its trials)"

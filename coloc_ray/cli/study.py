@@ -130,12 +130,21 @@ def _resume(args) -> int:
     from coloc_ray.errors import UserError
     from coloc_ray.io import read_json
 
-    p = Path(args.study_dir) / "study.json"
-    if not p.is_file():
-        raise UserError(f"{args.study_dir}: no study.json here; pass the directory `coloc run` created")
-    check_text_file(p, "study record")
+    from coloc_ray.storage import Storage, is_uri
+
+    if is_uri(args.study_dir):  # a study in object storage: read its record from there
+        store = Storage(args.study_dir)
+        if not store.is_file("study.json"):
+            raise UserError(f"{args.study_dir}: no study.json there; pass the storage `coloc run` wrote to")
+        p, load = f"{store.uri('study.json')}", lambda: store.read_json("study.json")
+    else:
+        p = Path(args.study_dir) / "study.json"
+        if not p.is_file():
+            raise UserError(f"{args.study_dir}: no study.json here; pass the directory `coloc run` created")
+        check_text_file(p, "study record")
+        load = lambda: read_json(p)  # noqa: E731
     try:
-        cfg = StudyConfig.model_validate(read_json(p))
+        cfg = StudyConfig.model_validate(load())
     except (ValueError, TypeError) as e:  # JSONDecodeError, pydantic's ValidationError
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if hasattr(e, "errors"):  # pydantic: name the first bad key

@@ -205,7 +205,11 @@ def train_loop_per_worker(config: dict) -> dict:
     cfg = FinetuneConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    import torch
+
+    # Logical GPUs (a test cluster, or GPUs Ray counts that torch cannot use): the worker still holds its GPU
+    # ids, and computes on the CPU instead of failing in CUDA set-up.
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     prep = prepare(cfg, device=str(device))
     tm = prep.trainable
     tracker = Tracker(config.get("tracking_uri"), run_id=config.get("run_id"),
@@ -263,7 +267,7 @@ def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str]
                   run_id: Optional[str] = None, fault: Optional[dict] = None):
     """The Ray Train V2 TorchTrainer for ``cfg`` (checkpoints and restarts under ``storage_path/name``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
@@ -273,8 +277,12 @@ def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str]
                                       "HF_HOME", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
            if k in os.environ}
     env["OMP_NUM_THREADS"] = str(max(1, int(cfg.cpus_per_worker)))
+    import torch
+
+    # NCCL needs CUDA: with logical GPUs only (no CUDA here) the process group runs on gloo.
+    backend = None if torch.cuda.is_available() or not cfg.use_gpu else "gloo"
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker, torch_config=TorchConfig(backend=backend) if backend else None,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri, "run_id": run_id,
                            "fault": fault, "progress_file": run_progress_file(storage_path, name)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
