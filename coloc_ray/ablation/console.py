@@ -305,9 +305,10 @@ def trial_output(log_path: str | Path, verbose: Optional[bool] = None) -> Iterat
     path.parent.mkdir(parents=True, exist_ok=True)
     for s in (sys.stdout, sys.stderr):
         _flush(s)
+    sink = open(path, "ab", buffering=0)  # opened here: a path that cannot be written fails before any redirect
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     read_fd, write_fd = os.pipe()
-    pump = _Pump(read_fd, path, saved[2], verbose)
+    pump = _Pump(read_fd, sink, saved[2], verbose)
     root = logging.getLogger()
     # Handlers that write to stderr already reach the file through fd 2; add one only where there is none.
     handler = None if root.handlers else logging.StreamHandler(os.fdopen(os.dup(write_fd), "w", buffering=1))
@@ -348,13 +349,14 @@ def _flush(stream) -> None:
 class _Pump(threading.Thread):
     """Copies the pipe into the log file; passes lines on to ``out_fd`` as :func:`trial_output` says."""
 
-    def __init__(self, read_fd: int, path: Path, out_fd: int, verbose: bool):
+    def __init__(self, read_fd: int, sink, out_fd: int, verbose: bool):
         super().__init__(name="coloc-trial-output", daemon=True)
-        self.read_fd, self.path, self.out_fd, self.verbose = read_fd, path, out_fd, verbose
+        self.read_fd, self.sink, self.out_fd, self.verbose = read_fd, sink, out_fd, verbose
 
     def run(self) -> None:
+        # Never stops reading before EOF: a writer blocked on a full pipe would hang the trial.
         pending = b""
-        with open(self.path, "ab", buffering=0) as f:
+        with self.sink as f:
             while True:
                 try:
                     chunk = os.read(self.read_fd, 65536)
@@ -362,7 +364,8 @@ class _Pump(threading.Thread):
                     break
                 if not chunk:
                     break
-                f.write(chunk)
+                with contextlib.suppress(OSError):  # a full disk loses log lines, not the trial
+                    f.write(chunk)
                 if self.verbose:
                     self._out(chunk)
                     continue
@@ -454,3 +457,12 @@ class TableEcho:
     def close(self) -> None:
         if TableEcho.active is self:
             TableEcho.active = None
+
+
+TRIAL_LOG = "trial.log"
+
+
+def trial_log_path(scratch: str | Path, study_name: str, trial_id: str) -> Path:
+    """Where a trial keeps its log on its node: ``<scratch>/coloc-<study>/trials/<trial_id>/trial.log`` (the
+    study name keeps two studies on one node apart; the trial uploads it to the study storage)."""
+    return Path(scratch) / f"coloc-{study_name}" / "trials" / trial_id / TRIAL_LOG
