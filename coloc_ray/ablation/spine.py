@@ -192,6 +192,9 @@ def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages:
 def _layer_sets(cfg: StudyConfig, study_dir: Path, stages: Stages, sens, rope, ph: str) -> dict:
     k = cfg.layer_sets.k
     L = sens["num_layers"] if sens else model_num_layers(cfg.model)
+    if L is None:  # probes skipped and the model's config not readable offline
+        raise UserError(f"model {cfg.model!r}: its depth is unknown offline (no config.json in the local cache) and "
+                        "probes.skip is true; run the probes, or download the model's config first")
     h = config_hash({"probes": ph, "k": k, "S": cfg.layer_sets.sensitive_layers, "seeds": cfg.control_seed_list,
                      "L": L})
     path = study_dir / "layersets.json"

@@ -244,6 +244,21 @@ def schema_help() -> str:
 # -- cross-field and environment checks ----------------------------------------------------------
 
 
+def gguf_num_layers(path: Path) -> int:
+    """L from a GGUF file's own metadata (``<arch>.block_count``), without loading its weights."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        arch_f = reader.fields["general.architecture"]
+        arch = bytes(arch_f.parts[arch_f.data[0]]).decode()
+        f = reader.fields[f"{arch}.block_count"]
+        return int(f.parts[f.data[0]][0])
+    except (KeyError, ValueError, IndexError, OSError) as e:
+        raise UserError(f"{path}: cannot read its depth from the GGUF metadata ({type(e).__name__}: {e}); "
+                        "is it a complete GGUF file?") from None
+
+
 def model_num_layers(spec: str) -> int | None:
     """L of ``spec`` read from its ``config.json`` alone (no weights, no transformers import); None when the
     config is not available offline (a hub id not in the local HF cache, a .gguf)."""
@@ -254,7 +269,7 @@ def model_num_layers(spec: str) -> int | None:
 
     path, extra = resolve_model_dir(spec)
     if "gguf_file" in extra:
-        return None  # reading a GGUF header is a full parse; the run checks L after loading
+        return gguf_num_layers(Path(path) / extra["gguf_file"])
     cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         try:

