@@ -256,13 +256,10 @@ def headline(res: dict, labels: dict[str, str]) -> str:
 
 def _interval_note(table: dict) -> str:
     """Say once what the intervals rest on (borrowed run variance, or none at all)."""
-    kinds = {(v.get("interval"), v.get("run_variance_from")) for v in table.values() if v.get("interval")}
-    if not kinds:
-        return ""
-    interval, src = sorted(kinds, key=str)[0]
-    if src is None:
-        return f"Intervals: {interval}."
-    return f"Intervals: {interval}; run-to-run variance from {src}."
+    kinds = sorted({(v.get("interval"), v.get("run_variance_from")) for v in table.values() if v.get("interval")},
+                   key=str)
+    return " ".join(f"Intervals: {interval}." if src is None else
+                    f"Intervals: {interval}; run-to-run variance from {src}." for interval, src in kinds)
 
 
 def _heldout_sentence(res: dict) -> str:

@@ -69,15 +69,19 @@ def _t_result(diff: float, terms: Sequence[tuple[float, float]], level: float = 
     from scipy import stats
 
     var = float(sum(v for v, _ in terms))
-    if var <= 0.0:  # nothing varies (e.g. every run ties on every item): the interval is a point
-        return {"diff": diff, "se": 0.0, "df": None, "ci_low": diff, "ci_high": diff,
-                "p": 1.0 if diff == 0.0 else 0.0}
+    if var <= 0.0:
+        if diff == 0.0:  # every run ties on every item: a point, and nothing to reject
+            return {"diff": diff, "se": 0.0, "df": None, "ci_low": diff, "ci_high": diff, "p": 1.0}
+        # a difference with no observed spread anywhere (e.g. replicate runs that happen to agree on
+        # every item): no variance estimate, so no interval and no p, rather than a false certainty
+        return {"diff": diff, "se": None, "df": None, "ci_low": None, "ci_high": None, "p": None}
     denom = sum(v * v / d for v, d in terms if v > 0 and d > 0)
     df = var * var / denom if denom > 0 else float("inf")
     se = float(np.sqrt(var))
     q = float(stats.t.ppf(0.5 + level / 2, df))
     p = float(2 * stats.t.sf(abs(diff) / se, df))
-    return {"diff": diff, "se": se, "df": float(df), "ci_low": diff - q * se, "ci_high": diff + q * se, "p": p}
+    return {"diff": diff, "se": se, "df": float(df) if np.isfinite(df) else None,  # None: normal limit
+            "ci_low": diff - q * se, "ci_high": diff + q * se, "p": p}
 
 
 def _components(a_runs, b_runs, metric: str, pool: Sequence[Sequence[dict]], b_is_base: bool) -> dict | None:
@@ -90,12 +94,15 @@ def _components(a_runs, b_runs, metric: str, pool: Sequence[Sequence[dict]], b_i
     s2_run, df_run = _run_variance([[r["scores"][metric] for r in g] for g in pool])
     inv_b = 0.0 if b_is_base else 1.0 / len(b)  # the base model is one deterministic evaluation
     ids = _common_items([*a, *b, *(r for g in pool for r in g)], metric)
-    out = {"n_a": len(a), "n_b": len(b), "run_df": df_run, "s2_run": s2_run, "n_items": len(ids)}
+    out = {"n_a": len(a), "n_b": len(b), "run_df": df_run, "n_items": len(ids)}
     if ids:
         xa, xb = _matrix(a, metric, ids), _matrix(b, metric, ids)
         d = xa.mean(axis=0) - xb.mean(axis=0)
         out["diff"] = float(d.mean())
         s2_e = _residual_variance([_matrix(g, metric, ids) for g in pool if g])
+        # A run mean carries at least its items' residual noise (E[s2_run] = s2_u + s2_e / m): with two or
+        # three runs on a few items their means can tie by chance, which must not read as certainty.
+        s2_run = max(s2_run, s2_e / len(ids)) if df_run else s2_run
         s2_w = max(0.0, float(d.var(ddof=1)) - s2_e * (1.0 / len(a) + inv_b)) if d.size > 1 else 0.0
         out["item_term"] = (s2_w / d.size, d.size - 1)
         if not df_run:  # no replicate run anywhere: the item spread is all there is (it misses run noise)

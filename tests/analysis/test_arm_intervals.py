@@ -134,6 +134,7 @@ def test_item_mode_against_direct_variance_components():
             for i in range(x.shape[1]):
                 ss_e += (x[r, i] - x[:, i].mean() - x[r].mean() + x.mean()) ** 2
     s2_e = ss_e / ((len(ma) - 1 + len(md) - 1) * (len(ids) - 1))
+    s2_run = max(s2_run, s2_e / len(ids))  # a run mean carries at least its items' residual noise
     dvec = xa.mean(0) - xd.mean(0)
     k = 1 / len(ma) + 1 / len(md)
     run_v, item_v = s2_run * k, max(0.0, dvec.var(ddof=1) - s2_e * k) / len(ids)
@@ -203,3 +204,23 @@ def test_null_units_compare_like_with_like():
     assert tab["p"] == pytest.approx((1 + sum(x >= a_mean for x in ref)) / 6)
     low = st.null_table(a, d, ["mmlu"], lower_is_better=["mmlu"])["mmlu"]
     assert low["p"] == pytest.approx((1 + sum(x <= a_mean for x in ref)) / 6)
+
+
+def _fixed(arm, cs, ts, outcomes):
+    items = {"mmlu": {f"mmlu/{i}": float(x) for i, x in enumerate(outcomes)}}
+    return {"trial_id": f"{arm}-{cs}", "arm": arm, "control_seed": cs, "train_seed": ts,
+            "scores": {"mmlu": float(np.mean(outcomes))}, "items": items}
+
+
+def test_runs_that_tie_by_chance_do_not_read_as_certainty():
+    """Two D runs with the same mean on 3 items (as in a small demo) still carry item noise; when nothing
+    varies anywhere (identical D runs, a constant item difference) there is no interval and no p (never p = 0)."""
+    a = [_fixed("A", None, 0, [1, 1, 1])]
+    tied_means = [_fixed("D", 1, 0, [1, 1, 0]), _fixed("D", 2, 0, [1, 0, 1])]
+    r = ai.compare_arms(a, tied_means, ["mmlu"], {"A": a, "D": tied_means})["mmlu"]
+    x = np.array([[1, 1, 0], [1, 0, 1]], float)
+    s2_e = ((x - x.mean(0) - x.mean(1, keepdims=True) + x.mean()) ** 2).sum() / ((2 - 1) * (3 - 1))
+    assert r["se"] ** 2 >= s2_e / 3 * (1 + 1 / 2) - 1e-12 and r["ci_low"] < 0 < r["ci_high"]
+    same = [_fixed("D", 1, 0, [0, 0, 0]), _fixed("D", 2, 0, [0, 0, 0])]
+    r = ai.compare_arms(a, same, ["mmlu"], {"A": a, "D": same})["mmlu"]
+    assert r["diff"] == pytest.approx(1.0) and r["p"] is None and r["ci_low"] is None
