@@ -144,3 +144,20 @@ def test_trial_without_live_file_runs_plain(tmp_path):
     assert trial._finetune({"trial_id": "A-t0", "arm": "A"}, {"study": {}}, stages, tmp_path, tracker,
                            lambda m: None) == {"steps": 1}
     assert _no_watcher_thread()
+
+
+def test_retries_show_in_the_table(tmp_path):
+    """Tune's on_trial_recover -> RETRYING: the row's try column counts attempts, the footer the retries."""
+    specs = [{"trial_id": "A-t0", "arm": "A", "control_seed": None, "train_seed": 0},
+             {"trial_id": "D-c1-t0", "arm": "D", "control_seed": 1, "train_seed": 0}]
+    board = ProgressBoard(tmp_path, specs, total_steps=8, echo=False)
+    board.update("A-t0", state="RUNNING")
+    board.update("A-t0", state="RETRYING")
+    board.update("A-t0", state="RUNNING")
+    board.update("A-t0", state="RETRYING")
+    board.flush(force=True)
+    table = render_progress(tmp_path)
+    row = next(line for line in table.splitlines() if line.startswith("A-t0")).split()
+    header = table.splitlines()[0].split()
+    assert row[header.index("try")] == "3" and "2 retries" in table.splitlines()[-1]
+    assert next(line for line in table.splitlines() if line.startswith("D-c1-t0")).split()[header.index("try")] == "1"
