@@ -42,7 +42,9 @@ def test_trial_configs_carry_the_trial_and_the_study_settings():
 
     FinetuneConfig.model_validate(ft)  # the real config accepts every key the study produces
     ev = eval_config_dict(study, "/a/adapter", spec)
-    assert (ev["adapter"], ev["limit"], ev["benchmarks"], ev["seed"]) == ("/a/adapter", 3, ["mmlu"], 1)
+    # the evaluation seed is the study's, not the training seed: every arm and the base see the same prompts
+    assert (ev["adapter"], ev["limit"], ev["benchmarks"], ev["seed"]) == ("/a/adapter", 3, ["mmlu"], 1234)
+    assert eval_config_dict(study, None, {**spec, "train_seed": 0, "arm": "base"})["seed"] == 1234
     from coloc_ray.evaluation.config import EvalConfig
 
     EvalConfig.model_validate(ev)
