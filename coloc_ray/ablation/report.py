@@ -95,7 +95,8 @@ def compute_results(study_dir: str | Path, out: Path | None = None) -> dict:
            "a_minus_base": (_with_holm(ai.compare_arms(a_runs, [base], [*benches, *extra], pool, b_is_base=True),
                                        benches) if base else None),
            "a_minus_base_avg": ai.compare_average(a_runs, [base], benches, pool, b_is_base=True) if base else None,
-           "null": st.null_table(a_runs, d_runs, [*benches, *extra], lower_is_better=[sr.HELDOUT]),
+           "null": _with_holm(st.null_table(a_runs, d_runs, [*benches, *extra], lower_is_better=[sr.HELDOUT]),
+                              benches),
            "cost": _cost(base, runs, cfg["cost_per_gpu_hour"]),
            "trials": [{k: r[k] for k in ("trial_id", "arm", "control_seed", "train_seed", "scores")} for r in runs]}
     if not a_runs or not d_runs:
@@ -298,9 +299,9 @@ def _null_sentence(res: dict) -> str:
     if not nulls:
         return ""
     n = min(v["n"] for v in nulls)
-    ps = [v["p"] for v in nulls]
+    ps = [v.get("p_holm", v["p"]) for v in nulls]
     span = f"{min(ps):.3g}" if min(ps) == max(ps) else f"{min(ps):.3g}–{max(ps):.3g} across benchmarks"
-    s = f"Against the arm-D null A's empirical p is {span}"
+    s = f"Against the arm-D null A's empirical p (Holm-adjusted) is {span}"
     if n < st.MIN_NULL_FOR_05:
         return s + (f", but with only {n} D control seed(s) the smallest attainable p is {1 / (n + 1):.3g}: "
                     "too few control seeds for a meaningful p.")
@@ -367,12 +368,13 @@ def _md_null(res: dict, labels: dict[str, str]) -> list[str]:
     for b, v in res["null"].items():
         rng = f"{_val(min(v['null']), b)}–{_val(max(v['null']), b)}" if v["null"] else "—"
         note = "" if v["meaningful"] else f"too few control seeds (min p {v['min_p']:.3g})"
-        rows.append([labels[b], str(v["n"]), rng, _val(v["a_mean"], b), _p(v["p"]), note])
+        rows.append([labels[b], str(v["n"]), rng, _val(v["a_mean"], b), _p(v["p"]),
+                     _p(v.get("p_holm")) if b in res["benchmarks"] else "(own claim)", note])
     unit = next((v["null_unit"] for v in res["null"].values()), "")
     out = ["## Random-control null (arm D)", "",
            f"One null value per control seed ({unit}). Empirical p = (1 + #{{D ≥ A's mean}}) / (n + 1), "
            "one-sided; for held-out loss #{D ≤ A} (lower is better).", "",
-           *_table(["Metric", "D units", "D range", "A mean", "empirical p", "note"], rows), ""]
+           *_table(["Metric", "D units", "D range", "A mean", "empirical p", "Holm p", "note"], rows), ""]
     return out + (["![null distribution](null.png)", ""] if "null.png" in res.get("figures", []) else [])
 
 

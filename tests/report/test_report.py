@@ -137,6 +137,8 @@ def test_null_p_cost_and_markdown(study):
         assert sorted(e["null"]) == pytest.approx(sorted(null))
         assert e["p"] == pytest.approx((1 + sum(x >= a_mean for x in null)) / (len(null) + 1))
         assert e["meaningful"] is False  # 3 control seeds cannot give p < 0.05
+    for b, adj in _holm({b: res["null"][b]["p"] for b in BENCHES}).items():
+        assert res["null"][b]["p_holm"] == pytest.approx(adj)
     n_trials = len(TRAIN_SEEDS) * (1 + 3 * len(CONTROL_SEEDS))
     assert res["cost"]["total"]["gpu_hours"] == pytest.approx(n_trials * GPU_HOURS)
     assert res["cost"]["total"]["cost"] == pytest.approx(n_trials * GPU_HOURS * RATE)
@@ -232,7 +234,7 @@ def test_tied_arms_are_called_level_not_above_or_below(tmp_path, monkeypatch):
     assert "A − D is +0.00 on every benchmark" in headline and "ranges from" not in headline
     ps = sorted({v["p"] for b, v in res["null"].items() if v["p"] is not None and b in res["benchmarks"]})
     assert len(ps) == 1  # every benchmark ties, so every benchmark has the same empirical p
-    assert f"A's empirical p is {ps[0]:.3g}," in headline or f"A's empirical p is {ps[0]:.3g} over" in headline
+    assert f"A's empirical p (Holm-adjusted) is {min(1.0, 3 * ps[0]):.3g}," in headline
 
 
 def test_coloc_report_cli_rebuilds_the_report(study, tmp_path, capsys):
