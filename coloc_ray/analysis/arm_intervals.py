@@ -31,8 +31,22 @@ from typing import Sequence
 import numpy as np
 
 
-def _matrix(runs: Sequence[dict], metric: str, ids: list[str]) -> np.ndarray:
-    return np.array([[r["items"][metric][k] for k in ids] for r in runs], dtype=np.float64)
+def _matrix(runs: Sequence[dict], metric: str, ids: list[str], cache: dict | None = None) -> np.ndarray:
+    """Runs x items scores on ``ids``; ``cache`` (by run identity) keeps a run's row from being built twice."""
+    from operator import itemgetter
+
+    get = itemgetter(*ids)
+    rows = []
+    for r in runs:
+        key = id(r)
+        if cache is None or key not in cache:
+            row = np.atleast_1d(np.asarray(get(r["items"][metric]), dtype=np.float64))
+            if cache is None:
+                rows.append(row)
+                continue
+            cache[key] = row
+        rows.append(cache[key])
+    return np.stack(rows)
 
 
 def _common_items(runs: Sequence[dict], metric: str) -> list[str]:
@@ -96,10 +110,11 @@ def _components(a_runs, b_runs, metric: str, pool: Sequence[Sequence[dict]], b_i
     ids = _common_items([*a, *b, *(r for g in pool for r in g)], metric)
     out = {"n_a": len(a), "n_b": len(b), "run_df": df_run, "n_items": len(ids)}
     if ids:
-        xa, xb = _matrix(a, metric, ids), _matrix(b, metric, ids)
+        cache: dict = {}
+        xa, xb = _matrix(a, metric, ids, cache), _matrix(b, metric, ids, cache)
         d = xa.mean(axis=0) - xb.mean(axis=0)
         out["diff"] = float(d.mean())
-        s2_e = _residual_variance([_matrix(g, metric, ids) for g in pool if g])
+        s2_e = _residual_variance([_matrix(g, metric, ids, cache) for g in pool if g])
         # A run mean carries at least its items' residual noise (E[s2_run] = s2_u + s2_e / m): with two or
         # three runs on a few items their means can tie by chance, which must not read as certainty.
         s2_run = max(s2_run, s2_e / len(ids)) if df_run else s2_run
