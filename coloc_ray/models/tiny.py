@@ -72,8 +72,12 @@ def byte_tokenizer():
     return fast
 
 
-def build_tiny(name: str = "tiny-gqa", seed: int = 0):
-    """Build (model, tokenizer) for a tiny alias; the same seed gives bit-identical weights everywhere."""
+def build_tiny(name: str = "tiny-gqa", seed: int = 0, **overrides):
+    """Build (model, tokenizer) for a tiny alias; the same seed gives bit-identical weights everywhere.
+
+    ``overrides`` change config fields (e.g. ``hidden_size=128, head_dim=32`` for vLLM's CPU attention, which
+    needs head_dim >= 32); the aliases themselves never pass any.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, layers, hidden, heads, kv, inter = TINY_SHAPES[name]
@@ -87,6 +91,7 @@ def build_tiny(name: str = "tiny-gqa", seed: int = 0):
         pad_token_id=tok.pad_token_id,
     )
     kw.update(TINY_QUIRKS.get(name, {}))
+    kw.update(overrides)
     cfg = AutoConfig.for_model(model_type, **kw)
     cfg._name_or_path = name
     gen = torch.random.fork_rng()
