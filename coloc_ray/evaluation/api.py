@@ -33,13 +33,28 @@ def _inputs(cfg: EvalConfig, benches: list[Benchmark]) -> dict:
     return out
 
 
-def _load(cfg: EvalConfig):
-    """(model, tokenizer, model dir, guard numbers): the base model, with the adapter restored and guarded."""
-    from coloc_ray.models import load_model
+def _needs_hf_model(cfg: EvalConfig, benches: list[Benchmark]) -> bool:
+    """The HF model is loaded for the HF backend, for log-likelihood benchmarks kept on HF, and for the guard."""
+    if cfg.backend == "hf" or (cfg.adapter and cfg.guard):
+        return True
+    return cfg.loglik_backend == "hf" and any(not b.generative for b in benches)
+
+
+def _load(cfg: EvalConfig, precision: dict, need_model: bool):
+    """(model or None, tokenizer, model dir, guard numbers): the base model, with the adapter restored and
+    guarded, in the precision it was trained in (``precision["hf_quant"]``)."""
+    from coloc_ray.models import load_model, resolve_model_dir
 
     if cfg.adapter and not Path(cfg.adapter).is_dir():
         raise UserError(f"--adapter {cfg.adapter!r}: no such directory; give a `coloc finetune` output dir")
-    lm = load_model(cfg.model)
+    if not need_model:
+        from transformers import AutoTokenizer
+
+        path, extra = resolve_model_dir(cfg.model)
+        tok = AutoTokenizer.from_pretrained(path, **extra)
+        return None, tok, path, None
+    quant = precision["hf_quant"]
+    lm = load_model(cfg.model, quant=quant)  # as the fine-tune loads it (fp32, or NF4 with bf16 compute)
     model, guard = lm.model, None
     if cfg.adapter:
         from coloc_ray.finetune.adapter import load_adapted
@@ -52,20 +67,39 @@ def _load(cfg: EvalConfig):
     return model, lm.tokenizer, lm.path, guard
 
 
-def _run_one(b: Benchmark, cfg: EvalConfig, model, tok, model_dir: str, inputs: dict, work: Path, state: dict):
+def _start_engine(cfg: EvalConfig, precision: dict):
+    """Start (not wait for) the evaluation's one vLLM engine, after the checks that need no engine."""
+    from coloc_ray.evaluation.engine import Engine, check_garfa_file
+    from coloc_ray.evaluation.vllm_backend import _resolve
+
+    job = _resolve({"model_dir": cfg.model, "adapter_dir": cfg.adapter, "prompts": ["-"]})
+    check_garfa_file(job["model_dir"], job["adapter_dir"])
+    spec = {"model_dir": job["model_dir"], "adapter_dir": job["adapter_dir"], "seed": cfg.seed,
+            "dtype": precision["engine"]["dtype"], "quantization": precision["engine"]["quantization"],
+            "max_model_len": cfg.max_model_len, "engine_args": cfg.engine_args}
+    return Engine(spec).start()
+
+
+def _run_one(b: Benchmark, cfg: EvalConfig, ctx: dict, inputs: dict, work: Path, state: dict, tokens: list):
     from coloc_ray.evaluation import harness
 
+    engine = ctx["engine"] if b.generative or cfg.loglik_backend == "vllm" else None
     if b.runner == "evalplus":
         from coloc_ray.evaluation.humanevalplus import run_humanevalplus
 
         tasks, _ = inputs[b.name]
-        return run_humanevalplus(model, tok, tasks, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                 style=cfg.prompt_style, backend=cfg.backend, model_dir=model_dir,
-                                 adapter_dir=cfg.adapter, n_workers=cfg.evalplus_workers)
-    if "lm" not in state:  # one HFLM wrapper for all lm-eval benchmarks
-        state["lm"] = harness.make_lm(model, tok, cfg.batch_size, cfg.max_length)
+        return run_humanevalplus(ctx["model"], ctx["tok"], tasks, max_new_tokens=cfg.max_new_tokens,
+                                 batch_size=cfg.batch_size, style=cfg.prompt_style, n_workers=cfg.evalplus_workers,
+                                 engine=engine, max_length=cfg.max_model_len, new_tokens=tokens)
+    key = "engine_lm" if engine is not None else "hf_lm"
+    if key not in state:  # one lm-eval wrapper per backend for all lm-eval benchmarks
+        state[key] = (harness.make_engine_lm(engine, ctx["tok"], cfg.max_model_len, state.setdefault("tok", []))
+                      if engine is not None else harness.make_lm(ctx["model"], ctx["tok"], cfg.batch_size,
+                                                                 cfg.max_length))
+    lm = state[key]
+    n0 = len(state.get("tok", []))
     if cfg.source == "hub":
-        samples = harness.run_tasks(state["lm"], [b.hub_task], include_dir=None, num_fewshot=b.shots,
+        samples = harness.run_tasks(lm, [b.hub_task], include_dir=None, num_fewshot=b.shots,
                                     limit=cfg.limit, seed=cfg.seed, max_gen_toks=cfg.max_new_tokens)
     else:
         from coloc_ray.evaluation.offline import render_tasks
@@ -73,13 +107,22 @@ def _run_one(b: Benchmark, cfg: EvalConfig, model, tok, model_dir: str, inputs: 
         items, shots = inputs[b.name]
         inc = work / b.name
         tasks = render_tasks(b, items, shots, inc, cfg.max_new_tokens)
-        samples = harness.run_tasks(state["lm"], tasks, include_dir=inc, num_fewshot=None, limit=None,
-                                    seed=cfg.seed)
-    return harness.samples_to_items(samples, b)
+        samples = harness.run_tasks(lm, tasks, include_dir=inc, num_fewshot=None, limit=None, seed=cfg.seed)
+    rows = harness.samples_to_items(samples, b)
+    if engine is not None:
+        tokens.extend(state["tok"][n0:])
+    elif b.generative:  # HFLM does not count: re-tokenize what it generated
+        tokens.extend(len(ctx["tok"](r.get("generation") or "", add_special_tokens=False)["input_ids"])
+                      for r in rows)
+    return rows
 
 
 def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
     """Evaluate ``cfg.model`` (+ ``cfg.adapter``) on ``cfg.benchmarks``; returns what eval.json holds.
+
+    With ``backend="vllm"`` one vLLM engine (GARFA plugin + LoRA) is built for the whole evaluation and
+    generates for every generative benchmark (MATH, MGSM, HumanEval+); log-likelihood benchmarks run where
+    ``loglik_backend`` says. Before any scoring the engine is checked to apply the adapter.
 
     Args:
         cfg: the validated config.
@@ -88,25 +131,44 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
             child run of it. None: a new run (nested under ``cfg.parent_run_id`` or the adapter's own run)
             when ``cfg.tracking``.
     """
+    from coloc_ray.evaluation.precision import resolve_precision
     from coloc_ray.evaluation.stats import summarize
     from coloc_ray.io import versions
 
     benches = get_benchmarks(cfg.benchmarks)
     inputs = _inputs(cfg, benches)
-    t0 = time.time()
-    model, tok, model_dir, guard = _load(cfg)
-    results, rows, state = {}, {}, {}
-    with tempfile.TemporaryDirectory(prefix="coloc-eval-") as work:
-        for b in benches:
-            t = time.time()
-            rows[b.name] = _run_one(b, cfg, model, tok, model_dir, inputs, Path(work), state)
-            results[b.name] = {**summarize(rows[b.name], b.metric, b.stratum, b.macro, cfg.seed, cfg.n_bootstrap),
-                               "wall_s": round(time.time() - t, 1)}
-            log.info("%s: %s = %.4f [%.4f, %.4f] (n=%d, %.0f s)", b.name, b.metric, results[b.name]["score"],
-                     results[b.name]["ci_low"], results[b.name]["ci_high"], results[b.name]["n"],
-                     results[b.name]["wall_s"])
+    t0, cpu0 = time.time(), _cpu_s()
+    precision = resolve_precision(cfg.quant, cfg.adapter, cfg.backend)
+    use_engine = cfg.backend == "vllm"
+    engine = _start_engine(cfg, precision) if use_engine else None  # loads while the HF model loads
+    results, rows, state, engine_info, engine_guard = {}, {}, {}, None, None
+    try:
+        model, tok, model_dir, guard = _load(cfg, precision, _needs_hf_model(cfg, benches))
+        if engine is not None:
+            engine_info = engine.ready()
+            if cfg.adapter and cfg.guard:
+                from coloc_ray.evaluation.engine import check_engine_adapter
+
+                engine_guard = check_engine_adapter(engine, tok, model)
+        ctx = {"model": model, "tok": tok, "engine": engine}
+        with tempfile.TemporaryDirectory(prefix="coloc-eval-") as work:
+            for b in benches:
+                t, cpu, tokens = time.time(), _cpu_s() + (engine.cpu_s if engine else 0.0), []
+                rows[b.name] = _run_one(b, cfg, ctx, inputs, Path(work), state, tokens)
+                cpu = _cpu_s() + (engine.cpu_s if engine else 0.0) - cpu
+                results[b.name] = {**summarize(rows[b.name], b.metric, b.stratum, b.macro, cfg.seed, cfg.n_bootstrap),
+                                   "wall_s": round(time.time() - t, 1), "cpu_s": round(cpu, 1),
+                                   "new_tokens": sum(tokens), "backend": _bench_backend(b, cfg)}
+                log.info("%s: %s = %.4f [%.4f, %.4f] (n=%d, %.0f s, %s)", b.name, b.metric,
+                         results[b.name]["score"], results[b.name]["ci_low"], results[b.name]["ci_high"],
+                         results[b.name]["n"], results[b.name]["wall_s"], results[b.name]["backend"])
+    finally:
+        if engine is not None:
+            engine.close()
+    wall = time.time() - t0
     resolved = {"config": cfg.model_dump(), "versions": versions(), "guard": guard, "model_dir": model_dir,
-                "wall_s": round(time.time() - t0, 1),
+                "wall_s": round(wall, 1),
+                "run": _run_record(cfg, precision, engine_info, engine_guard, results, wall, _cpu_s() - cpu0),
                 "benchmarks": {b.name: {"runner": b.runner, "shots": b.shots, "hub_task": b.hub_task,
                                         "stratum": b.stratum} for b in benches}}
     tr, own = _open_tracker(cfg, tracker)
@@ -121,6 +183,31 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
         if own:
             tr.end(status)
     return results
+
+
+def _bench_backend(b: Benchmark, cfg: EvalConfig) -> str:
+    if cfg.backend == "vllm" and (b.generative or cfg.loglik_backend == "vllm"):
+        return "vllm"
+    return "hf"
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its children so far (the engine's included once it has exited)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _run_record(cfg, precision: dict, engine_info, engine_guard, results: dict, wall: float, cpu: float) -> dict:
+    """What the evaluation ran on and what it cost (eval_config.json ``run``; the trial's cost table reads it)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"backend": cfg.backend, "loglik_backend": cfg.loglik_backend if cfg.backend == "vllm" else "hf",
+            "precision": precision, "engine": engine_info, "engine_guard": engine_guard,
+            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "gpus": gpus, "gpu_s": round(wall * gpus, 1),
+            "new_tokens": sum(r["new_tokens"] for r in results.values())}
 
 
 def _write(out: Path, results: dict, resolved: dict, rows: dict[str, list[dict]]) -> None:

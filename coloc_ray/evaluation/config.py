@@ -24,7 +24,17 @@ class EvalConfig(BaseModel):
                                  "spread across subjects/domains/types/languages; null = full sets")
     source: Literal["offline", "hub"] = Field("offline", description="offline = the project's task YAMLs over "
                                               "the shared data; hub = lm-eval's standard tasks (needs a hub)")
-    backend: Literal["hf", "vllm"] = Field("hf", description="HumanEval+ generation: HF generate or vLLM")
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation (MATH, MGSM, HumanEval+): HF generate, "
+                                           "or one vLLM engine (GARFA plugin + LoRA) built once for the evaluation")
+    loglik_backend: Literal["hf", "vllm"] = Field(
+        "hf", description="With backend vllm: where log-likelihood benchmarks (MMLU, GPQA, ARC) run "
+        "(hf measured faster on CPU, docs/BENCHMARKS.md)")
+    quant: Literal["match", "none", "4bit"] = Field(
+        "match", description="Base precision: match = as the adapter was trained (its metrics.json quant), "
+        "none = full precision, 4bit = NF4; a mismatch is recorded in eval_config.json run.precision")
+    max_model_len: int = Field(4096, ge=64, description="vLLM engine context (prompt + generation), tokens")
+    engine_args: dict = Field(default_factory=dict, description="Extra vllm.LLM arguments (e.g. "
+                              "gpu_memory_utilization, tensor_parallel_size); override coloc's own")
     batch_size: int = Field(8, ge=1, description="lm-eval and generation batch size")
     seed: int = Field(0, description="Seeds --limit sampling, few-shot sampling and the bootstrap")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget (MATH, MGSM, HumanEval+)")

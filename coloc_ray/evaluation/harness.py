@@ -7,6 +7,7 @@ lm-eval's own ``log_samples`` records, one row per item: ``{id, prompt_hash, pre
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -94,3 +95,70 @@ def samples_to_items(samples: dict[str, list[dict]], bench: Benchmark) -> list[d
     if not items:
         raise RuntimeError(f"lm-eval returned no samples for {bench.name} with filter {bench.lm_filter!r}")
     return items
+
+
+def make_engine_lm(engine, tokenizer, max_length: int, new_tokens: list | None = None):
+    """An lm-eval model whose requests go to the evaluation's vLLM engine (see :mod:`.engine`).
+
+    Tokenization, stop handling and the decoded text follow lm-eval's HFLM exactly (same tokenizer, no special
+    tokens, context left-truncated to ``max_length - max_gen_toks``, text cut at the first stop string), so
+    the two backends differ only in the forward pass. ``new_tokens`` (a list) collects each generation's
+    token count, for the cost record.
+    """
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+    class EngineLM(TemplateLM):
+        @property
+        def eot_token_id(self) -> int:
+            return tokenizer.eos_token_id
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kw) -> list[int]:
+            return tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw):
+            pairs = []
+            for _, ctx, cont in requests:  # HFLM's truncation: the last max_length + 1 tokens
+                whole = (ctx + cont)[-(max_length + 1):]
+                pairs.append([whole[:len(whole) - len(cont)], cont])
+            res = engine.call("loglikelihood", pairs=pairs)["results"]
+            for (key, _, _), (lp, greedy) in zip(requests, res):
+                self.cache_hook.add_partial("loglikelihood", key, (lp, greedy))
+            return [(float(lp), bool(g)) for lp, g in res]
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            raise NotImplementedError("rolling log-likelihood is not used by coloc's benchmarks")
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            eos = tokenizer.decode([tokenizer.eos_token_id], skip_special_tokens=False)
+            groups: dict[str, list[int]] = {}
+            for i, r in enumerate(requests):  # one engine call per distinct (stop strings, budget)
+                groups.setdefault(json.dumps(r.args[1], sort_keys=True, default=str), []).append(i)
+            out: list[str | None] = [None] * len(requests)
+            for key, idx in groups.items():
+                kwargs = normalize_gen_kwargs(dict(requests[idx[0]].args[1]), 256)
+                until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+                budget = int(kwargs.pop("max_gen_toks"))
+                texts = generate_on_engine(engine, tokenizer, [requests[i].args[0] for i in idx], budget, until,
+                                           max_length, new_tokens)
+                for i, text in zip(idx, texts):
+                    out[i] = postprocess_generated_text(generation=text, stop=until, think_end_token=None)
+                    self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
+            return out
+
+    return EngineLM()
+
+
+def generate_on_engine(engine, tokenizer, prompts: list[str], max_new_tokens: int, stop: list[str],
+                       max_length: int, new_tokens: list | None = None) -> list[str]:
+    """Greedy completions of ``prompts`` on the engine, decoded by ``tokenizer`` (HF's skip_special_tokens).
+
+    Prompts are tokenized without special tokens and left-truncated to ``max_length - max_new_tokens``, as
+    lm-eval's HFLM and the HF HumanEval+ path do. The text is not cut at ``stop`` here (callers do, as on HF).
+    """
+    room = max(1, max_length - max_new_tokens)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-room:] for p in prompts]
+    res = engine.call("generate", prompts=ids, max_tokens=max_new_tokens, stop=[s for s in stop if s])
+    if new_tokens is not None:
+        new_tokens.extend(len(t) for t in res["token_ids"])
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in res["token_ids"]]

@@ -25,6 +25,8 @@ class Benchmark:
         lm_filter: the lm-eval filter whose result is scored (``none`` for log-likelihood tasks).
         stratum: what ``--limit`` spreads items across (subject, domain, type, language), or ``None``.
         macro: score = mean over strata of the stratum means (MGSM: mean over languages).
+        generative: scored on generated text (runs on the vLLM engine with ``--backend vllm``), else on
+            log-likelihoods.
     """
 
     name: str
@@ -36,6 +38,7 @@ class Benchmark:
     lm_filter: str = "none"
     stratum: str | None = None
     macro: bool = False
+    generative: bool = False
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -66,9 +69,9 @@ def get_benchmarks(names) -> list[Benchmark]:
 # small models rarely emit a bare number, and the strict "remove_whitespace" filter would score ~0.
 register_benchmark(Benchmark("mmlu", "lmeval", "mmlu", 5, "accuracy", stratum="subject"))
 register_benchmark(Benchmark("gpqa", "lmeval", "gpqa_main_zeroshot", 0, "accuracy", stratum="domain"))
-register_benchmark(Benchmark("humanevalplus", "evalplus", "", 0, "pass@1"))
+register_benchmark(Benchmark("humanevalplus", "evalplus", "", 0, "pass@1", generative=True))
 register_benchmark(Benchmark("math", "lmeval", "minerva_math", 4, "exact_match", lm_metric="exact_match",
-                             stratum="type"))
+                             stratum="type", generative=True))
 register_benchmark(Benchmark("mgsm", "lmeval", "mgsm_direct", 8, "accuracy", lm_metric="exact_match",
-                             lm_filter="flexible-extract", stratum="lang", macro=True))
+                             lm_filter="flexible-extract", stratum="lang", macro=True, generative=True))
 register_benchmark(Benchmark("arc_challenge", "lmeval", "arc_challenge", 25, "accuracy"))
