@@ -282,7 +282,9 @@ class _WorkerLogSink:
             if self.f.closed:
                 return
             for line in data.get("lines", []):
-                self.f.write(f"({who}) {line}\n")
+                # The autoscaler's status block every 5 s is no news on a fixed cluster: its warnings only.
+                if data.get("pid") != "autoscaler" or _WARNING_LINE.search(line):
+                    self.f.write(f"({who}) {line}\n")
 
     def close(self) -> None:
         with self.lock:
