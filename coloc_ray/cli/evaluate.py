@@ -64,16 +64,23 @@ def _eval(args) -> int:
     return 0
 
 
-def _check_out(out: str) -> None:
-    """``--out`` must be a directory we can create or write, checked before any work."""
-    import os
+def _check_out(out: str, flag: str = "--out") -> None:
+    """``--out`` must be a directory we can create or write, checked before any work by writing (and removing)
+    a probe directory in its nearest existing ancestor: that also catches read-only mounts and /proc, even as
+    root. Nothing is left behind."""
+    import tempfile
     from pathlib import Path
 
     from coloc_ray.errors import UserError
 
-    p = Path(out)
+    p = Path(out).expanduser()
     if p.exists() and not p.is_dir():
-        raise UserError(f"--out {out!r} is a file; give a directory")
+        raise UserError(f"{flag} {out!r} is a file; give a directory")
     anchor = next((a for a in [p, *p.parents] if a.exists()), Path("."))
-    if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out!r}: {str(anchor)!r} is not writable; give a directory you can write")
+    if not anchor.is_dir():
+        raise UserError(f"{flag} {out!r}: {str(anchor)!r} is a file, not a directory; give another path")
+    try:
+        Path(tempfile.mkdtemp(dir=anchor, prefix=".coloc-write-check-")).rmdir()
+    except OSError as e:
+        raise UserError(f"{flag} {out!r}: cannot write in {str(anchor)!r} ({e.strerror}); give a directory you "
+                        "can write") from None

@@ -68,17 +68,10 @@ def _parse_layers(text: str | None) -> list[int] | None:
 
 def _check_out(out: str) -> Path:
     """``--out`` must be a directory we can create or write, checked before any work."""
-    import os
+    from coloc_ray.cli.evaluate import _check_out as check_writable_dir
 
-    from coloc_ray.errors import UserError
-
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"--out {out!r} is a file; give a directory")
-    anchor = next((a for a in [p, *p.parents] if a.exists()), Path("."))
-    if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out!r}: {str(anchor)!r} is not writable; give a directory you can write")
-    return p
+    check_writable_dir(out)
+    return Path(out)
 
 
 def _track_and_write(args, result: dict, name: str, series: dict[str, list], params: dict,

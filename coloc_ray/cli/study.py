@@ -80,7 +80,7 @@ def _validate(args) -> int:
     check_text_file(args.study, "study file")
     cfg = load_study(args.study)
     res = _cluster_resources(args.address) if args.address else (_local_resources() if args.local else None)
-    errs = validate_study(cfg, cluster_resources=res)
+    errs = validate_study(cfg, cluster_resources=res) + _out_errors(cfg.output_dir, "output_dir")
     if errs:
         for e in errs:
             print(f"{args.study}: {e}", file=sys.stderr)
@@ -104,9 +104,13 @@ def _stages():
 
 def _run(args) -> int:
     from coloc_ray.ablation.study_config import load_study
+    from coloc_ray.errors import UserError
 
     check_text_file(args.study, "study file")
     cfg = load_study(args.study)
+    errs = _out_errors(args.out, "--out") or _out_errors(cfg.output_dir, "output_dir")
+    if errs:
+        raise UserError(errs[0])
     with _console(cfg, args.out, getattr(args, "verbose", False)):
         return _finish(cfg, args.out, args.address)
 
@@ -154,6 +158,21 @@ def _resume(args) -> int:
                         "with `coloc run <study.yaml> --out <a new dir>`") from None
     with _console(cfg, args.study_dir, getattr(args, "verbose", False)):
         return _finish(cfg, args.study_dir, args.address)
+
+
+def _out_errors(out: str | None, key: str) -> list[str]:
+    """A local study directory that is a file or cannot be written (a URI is checked by the run itself)."""
+    from coloc_ray.errors import UserError
+
+    if not out or "://" in out:
+        return []
+    from coloc_ray.cli.evaluate import _check_out
+
+    try:
+        _check_out(out, key)
+    except UserError as e:
+        return [str(e)]
+    return []
 
 
 def check_text_file(path, what: str) -> None:

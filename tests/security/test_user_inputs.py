@@ -95,6 +95,9 @@ def test_cli_inputs_are_one_line(tmp_path):
     afile.write_text("x")
     assert "is a file" in _one_error_line(run_cli("finetune", "--model", "tiny-gqa", "--lora-layers", "1",
                                                   "--garfa-layers", "", "--no-tracking", "--out", str(afile)))
+    assert "is a file" in _one_error_line(run_cli("run", str(TINY), "--out", str(afile)))
+    assert "cannot write in '/proc'" in _one_error_line(run_cli("eval", "--model", "tiny-gqa", "--benchmarks",
+                                                                "arc_challenge", "--no-tracking", "--out", "/proc/x"))
 
 
 def test_out_on_a_read_only_mount_is_refused_before_work(tmp_path):
@@ -113,4 +116,4 @@ def test_out_on_a_read_only_mount_is_refused_before_work(tmp_path):
     cmd = cmd.replace(str(REPO / ".venv" / "bin" / "coloc"), exe)
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", cmd], capture_output=True,
                        text=True, timeout=300)
-    assert "is not writable" in _one_error_line(r)
+    assert "cannot write in" in _one_error_line(r)
