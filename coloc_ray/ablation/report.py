@@ -23,6 +23,11 @@ BENCH_LABELS = {"mmlu": "MMLU", "gpqa": "GPQA", "humanevalplus": "HumanEval+", "
                 "mgsm": "MGSM", "arc_challenge": "ARC", "avg": "Avg", "heldout_loss": "held-out loss"}
 
 
+#: What the report reads from analysis.json; a record without them is recomputed from the probes.
+_ANALYSIS_KEYS = {"spearman_r", "spearman_p", "permutation_p", "top_k", "sensitive_layers", "rope_layers",
+                  "overlap", "expected_overlap", "overlap_p", "partial_r", "partial_p", "circular_shift_p"}
+
+
 def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | None:
     """analysis.json (recomputed from the probes if absent) and the two probe figures."""
     from coloc_ray.analysis.colocalization import analyze
@@ -34,6 +39,11 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
     rope = sr.read_json_checked(study_dir / "probes" / "rope_influence.json", problems, "RoPE-influence probe")
     path = study_dir / "analysis" / "analysis.json"
     ana = sr.read_json_checked(path, problems, "analysis") if path.is_file() else None
+    if ana is not None and not (isinstance(ana, dict) and _ANALYSIS_KEYS <= set(ana)):
+        missing = sorted(_ANALYSIS_KEYS - set(ana)) if isinstance(ana, dict) else ["(not an object)"]
+        problems.append(f"analysis: {path} lacks {', '.join(missing)}; "
+                        + ("recomputed from the probes" if sens and rope else "no probe statistics"))
+        ana = None
     try:
         interp = [i for i, f in enumerate((rope or {}).get("interpolated") or []) if f]
         if ana is None and sens and rope:
@@ -232,6 +242,8 @@ def headline(res: dict, labels: dict[str, str]) -> str:
         word = {1: "above", -1: "below", 0: "level with"}[_sign(da)]
         if ab.get("ci_low") is not None and _sign(da) != 0 and ab["ci_low"] <= 0 <= ab["ci_high"]:
             word += " (not resolved by its interval)"
+        elif ab and ab.get("ci_low") is None and _sign(da) != 0:
+            word += " (no interval: nothing to estimate run-to-run variance from)"
         above = [b for b in res["benchmarks"] if (a["delta_vs_base"] or {}).get(b) is not None
                  and a["delta_vs_base"][b] > 0]
         n = sum(1 for b in res["benchmarks"] if (a["delta_vs_base"] or {}).get(b) is not None)

@@ -49,9 +49,17 @@ def _matrix(runs: Sequence[dict], metric: str, ids: list[str], cache: dict | Non
     return np.stack(rows)
 
 
+#: Item-level pairing needs the runs to share (nearly) all their items; below this share of every run's
+#: items the comparison uses run means only (runs scored on different items, e.g. different eval seeds).
+MIN_SHARED = 0.9
+
+
 def _common_items(runs: Sequence[dict], metric: str) -> list[str]:
     sets = [set((r.get("items") or {}).get(metric) or ()) for r in runs]
-    return sorted(set.intersection(*sets)) if sets and all(sets) else []
+    if not sets or not all(sets):
+        return []
+    common = set.intersection(*sets)
+    return sorted(common) if all(len(common) >= MIN_SHARED * len(s) for s in sets) else []
 
 
 def _run_variance(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
@@ -137,7 +145,7 @@ def _describe(c: dict, a_name: str, pool_names: Sequence[str]) -> dict:
     borrowed = c["n_a"] == 1
     src = "+".join(pool_names)
     return {"interval": ("runs and items (crossed random effects)" if c["n_items"] else
-                         "runs only (no shared per-item results)"),
+                         "runs only (no per-item results shared by every run)"),
             "run_variance_from": src + (f" (borrowed for {a_name}'s single run)" if borrowed else "")}
 
 
@@ -186,7 +194,7 @@ def compare_average(a_runs: Sequence[dict], b_runs: Sequence[dict], benchmarks: 
     avg = _components(a, b, "_avg", pools, b_is_base)
     per = [_components(a, b, bench, pools, b_is_base) for bench in benchmarks]
     nb = len(benchmarks)
-    diff = float(np.mean([c["diff"] for c in per]))
+    diff = avg["diff"]  # of the runs' benchmark averages, as Table 4's Avg
     terms = [avg["run_term"]] + [(c["item_term"][0] / nb ** 2, c["item_term"][1]) for c in per]
     res = _t_result(diff, terms, level)
     return {**res, "n_a": len(a), "n_b": len(b), "benchmarks": list(benchmarks),

@@ -224,3 +224,16 @@ def test_runs_that_tie_by_chance_do_not_read_as_certainty():
     same = [_fixed("D", 1, 0, [0, 0, 0]), _fixed("D", 2, 0, [0, 0, 0])]
     r = ai.compare_arms(a, same, ["mmlu"], {"A": a, "D": same})["mmlu"]
     assert r["diff"] == pytest.approx(1.0) and r["p"] is None and r["ci_low"] is None
+
+
+def test_runs_on_different_items_fall_back_to_run_means():
+    """Runs scored on different items (e.g. evaluated with different seeds under a limit) cannot be paired
+    by item: the difference is of run means, as Table 4 shows it."""
+    a = [_fixed("A", None, 0, [1, 1, 0, 1])]
+    d = [_fixed("D", c, 0, [0, 1, 0, 0]) for c in (1, 2, 3)]
+    for k, r in enumerate(d):  # each D run saw other items
+        r["items"]["mmlu"] = {f"other{k}/{i}": v for i, v in enumerate(r["items"]["mmlu"].values())}
+    d[1]["scores"]["mmlu"] = 0.5
+    r = ai.compare_arms(a, d, ["mmlu"], {"A": a, "D": d})["mmlu"]
+    assert r["n_items"] == 0 and r["interval"].startswith("runs only")
+    assert r["diff"] == pytest.approx(0.75 - np.mean([0.25, 0.5, 0.25]))

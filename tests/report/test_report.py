@@ -250,3 +250,11 @@ def test_coloc_report_cli_rebuilds_the_report(study, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "not a study folder" in capsys.readouterr().err
+
+
+def test_incomplete_saved_analysis_is_recomputed_and_said(study):
+    (study / "analysis").mkdir()
+    (study / "analysis" / "analysis.json").write_text(json.dumps({"spearman_r": -1.0, "num_layers": 8}))
+    res = build_report(study)
+    assert any("analysis.json lacks" in p and "recomputed" in p for p in res["problems"])
+    assert res["colocalization"]["top_k"] == 3 and "depth_surrogate_p" in res["colocalization"]
