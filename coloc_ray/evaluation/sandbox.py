@@ -15,9 +15,11 @@ isolates with the kernel's own tools, before the first line of generated code ca
   a wall-clock limit and kills the child's whole process group. (The process that runs the generated code also
   gets ``RLIMIT_NPROC`` 0, set by ``evalplus_worker``: it cannot start a process or thread.)
 
-Namespaces and the uid change need root (as in the project's CI and docker image). Without them the child still
-gets the scrubbed environment, private work dir and limits, and :func:`run_sandboxed` logs a WARNING naming
-each missing layer (``COLOC_SANDBOX=strict`` turns that warning into an error).
+The uid change needs root (as in the project's CI). A non-root user gets the namespaces inside a user namespace
+of its own where the kernel allows that (most Linux hosts; not under Docker's default seccomp profile), and runs
+the code as itself. Whatever is missing, the child still gets the scrubbed environment, private work dir and
+limits, and :func:`run_sandboxed` logs a WARNING naming each missing layer (``COLOC_SANDBOX=strict`` turns that
+warning into an error).
 
 The parent starts ``python -I -B sandbox.py SPEC`` (this file, run by path: it imports nothing of coloc_ray);
 ``SPEC`` is a JSON file: ``{argv, env, workdir, hide, expose_ro, uid, gid, limits}``. The launcher writes what
@@ -31,7 +33,7 @@ import os
 import sys
 
 ISOLATION = "isolation.json"
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x40000000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 TMP_LIKE = ("/tmp", "/var/tmp", "/dev/shm")
@@ -164,8 +166,23 @@ def _isolate_mounts(libc, ctypes, spec: dict) -> None:
         os.makedirs(p, exist_ok=True)
         _mount(libc, ctypes, f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
         if ro:
-            _mount(libc, ctypes, None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            # keep the flags the kernel locks in a user namespace (nosuid, nodev, noexec, atime ones)
+            kept = os.statvfs(p).f_flag & (MS_NOSUID | MS_NODEV | 8 | 1024 | 2048)
+            try:
+                _mount(libc, ctypes, None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
+            except OSError:
+                pass  # read-write then: it is the Python installation, writable only by its owner anyway
         os.close(fd)
+
+
+def _enter_userns(libc, ctypes) -> None:
+    """New user + mount + network namespaces for a non-root caller, mapping its own uid/gid onto themselves:
+    it may mount there (tmpfs, binds) until it execs, then holds no capability at all."""
+    uid, gid = os.getuid(), os.getgid()
+    _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET), "unshare(user namespace)", ctypes)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
 
 
 def _set_limits(limits: dict) -> None:
@@ -183,20 +200,23 @@ def launch(spec: dict) -> None:
     iso = {k: False for k in LAYERS}
     why = []
     libc, ctypes = _libc()
-    root = os.geteuid() == 0
-    if root:
-        try:
+    root = os.geteuid() == 0 and not spec.get("userns")
+    try:
+        if root:
             _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare", ctypes)
-            iso["network_namespace"] = True
-            _isolate_mounts(libc, ctypes, spec)
-            iso["mount_namespace"] = True
-        except OSError as e:
-            why.append(str(e))
+        else:  # an unprivileged user: namespaces of a user namespace of its own, where the kernel allows it
+            _enter_userns(libc, ctypes)
+        iso["network_namespace"] = True
+        _isolate_mounts(libc, ctypes, spec)
+        iso["mount_namespace"] = True
+    except OSError as e:
+        why.append(str(e))
+    if root:
         for dirpath, dirs, files in os.walk(workdir):
             for n in [dirpath] + [os.path.join(dirpath, x) for x in dirs + files]:
                 os.chown(n, spec["uid"], spec["gid"])
     else:
-        why.append("not root: no namespaces, no uid change")
+        why.append("not root: the code runs as this user (its files outside the hidden paths stay readable)")
     _set_limits(spec["limits"])
     iso["rlimits"] = True
     iso["unprivileged_uid"] = root  # the drop below happens before exec, or the launcher exits

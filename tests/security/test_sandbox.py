@@ -169,3 +169,33 @@ def test_wall_clock_limit_kills_the_child(tmp_path):
     spec = sandbox.build_spec([sys.executable, "-I", "loop.py"], str(tmp_path), {"PATH": "/usr/bin:/bin"})
     with pytest.raises(TimeoutError, match="killed"):
         sandbox.run_sandboxed(spec, 3)
+
+
+def test_user_namespace_path_for_non_root_isolates_network_and_files(tmp_path):
+    """The launcher's non-root path (``userns``: a user namespace of its own), forced here while running as root:
+    no network, the checkout hidden, /tmp private; the uid layer is reported missing, not claimed."""
+    from coloc_ray.evaluation import sandbox
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "probe.py").write_text(textwrap.dedent(f"""
+        import json, os, socket
+        try:
+            socket.create_connection(("127.0.0.1", {listener.getsockname()[1]}), timeout=3).close()
+            net = "connected"
+        except OSError as e:
+            net = type(e).__name__
+        json.dump({{"net": net, "repo_visible": os.path.exists({str(REPO / "pyproject.toml")!r}),
+                   "tmp_listing": os.listdir("/tmp")}}, open("probe.json", "w"))
+    """))
+    spec = sandbox.build_spec([sys.executable, "-I", "probe.py"], str(work), {"PATH": "/usr/bin:/bin"})
+    rc, _, err, iso = sandbox.run_sandboxed({**spec, "userns": True}, 60)
+    listener.close()
+    assert rc == 0, err
+    assert iso["network_namespace"] and iso["mount_namespace"] and not iso["unprivileged_uid"], iso
+    got = json.loads((work / "probe.json").read_text())
+    assert got["net"] != "connected" and not got["repo_visible"]
+    assert got["tmp_listing"] == [work.relative_to("/tmp").parts[0]]
