@@ -90,6 +90,7 @@ def compute_results(study_dir: str | Path, out: Path | None = None) -> dict:
     cfg = sr.study_config(study_dir)
     base = sr.load_base(study_dir, problems)
     runs = sr.load_trials(study_dir, problems)
+    sr.attach_base_heldout(base, runs)
     benches = sr.benchmarks(base, runs)
     sr.missing_grid(runs, problems)
     sr.missing_benches(base, runs, benches, problems)
@@ -108,6 +109,7 @@ def compute_results(study_dir: str | Path, out: Path | None = None) -> dict:
            "null": _with_holm(st.null_table(a_runs, d_runs, [*benches, *extra], lower_is_better=[sr.HELDOUT]),
                               benches),
            "cost": _cost(base, runs, cfg["cost_per_gpu_hour"]),
+           "base_heldout_from": (base or {}).get("heldout_from"),
            "trials": [{k: r[k] for k in ("trial_id", "arm", "control_seed", "train_seed", "scores")} for r in runs]}
     if not a_runs or not d_runs:
         problems.append(f"arm {'A' if not a_runs else 'D'} has no finished trial: no A - D comparison")
@@ -281,7 +283,9 @@ def _heldout_sentence(res: dict) -> str:
         return ""
     word = _verdict(v, "higher (worse) than", "lower (better) than", "not distinguishable from")
     vb = (res.get("a_minus_base") or {}).get(sr.HELDOUT) or {}
-    base = "" if vb.get("diff") is not None else " The base model has no fine-tune, so no held-out loss (n/a)."
+    base = (f" Against the base model (the step-0 loss): A − base = {_val(vb['diff'], sr.HELDOUT, True)} "
+            f"(95 % CI {_ci(vb, sr.HELDOUT)})." if vb.get("diff") is not None
+            else " No trial recorded its step-0 loss, so the base model's held-out loss is n/a.")
     return (f"Held-out loss (lower is better): A's is {word} D's, A − D = {_val(v['diff'], sr.HELDOUT, True)} "
             f"(95 % CI {_ci(v, sr.HELDOUT)}, p = {_p(v['p'])}).{base}")
 
@@ -334,8 +338,11 @@ def _md_table4(res: dict, labels: dict[str, str]) -> list[str]:
     out = ["## Table 4: score per arm (points, mean ± std over replicate runs, n runs)", "",
            *_table(["Model", *[labels[b] for b in benches], "Avg", *[labels[m] for m in extra]], rows), "",
            f"Aggregated over: {over}. Avg = mean over benchmarks of each run that has all of them."
-           + (" Held-out loss: the fine-tune's mean loss (nats/token) on its held-out records, the same records "
-              "for every arm; lower is better; not in the Avg; the base model has none (n/a)." if extra else ""),
+           + (" Held-out loss: mean over the fine-tune's held-out records of each record's loss (nats/token), "
+              "the same records for every arm; lower is better; not in the Avg. The base model's is the same "
+              "records' loss at step 0 of a fine-tune (LoRA B = 0, GARFA alpha = 1: the base model)"
+              + (f", {res['base_heldout_from']}" if res.get("base_heldout_from") else "; n/a: no trial recorded it")
+              + "." if extra else ""),
            "", "### Deltas (points): vs base / vs D", ""]
     drows = []
     for r in res["table4"]:

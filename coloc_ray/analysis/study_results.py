@@ -67,24 +67,48 @@ def _scores(ev, who: str, problems: list[str]) -> dict[str, float]:
     return out
 
 
-def heldout_loss(finetune) -> tuple[float | None, dict[str, float] | None]:
+def _per_record(ft: dict, key: str) -> dict[str, float] | None:
+    per = ft.get(key)
+    if not isinstance(per, dict) or not per:
+        return None
+    try:
+        vals = {str(k): float(v) for k, v in per.items()}
+    except (TypeError, ValueError):
+        return None
+    return vals if all(map(math.isfinite, vals.values())) else None
+
+
+def heldout_loss(finetune, step0: bool = False) -> tuple[float | None, dict[str, float] | None]:
     """A fine-tune's held-out loss: (run value, per-record losses or None) from its ``metrics.json``.
 
-    With ``heldout_record_losses`` ({record id: loss}, the same held-out records for every arm) the run
-    value is their mean, so the run value and the per-record rows agree; otherwise ``final_eval_loss``
-    (run level only). Lower is better. The base model has no fine-tune, hence no value.
+    With ``heldout_record_losses`` ({record id: mean token loss}, the same held-out records for every arm)
+    the run value is their mean, so the run value and the per-record rows agree; otherwise
+    ``final_eval_loss`` (run level only). Lower is better. ``step0``: the same records before the first
+    step (``heldout_record_losses_step0``, else the step-0 entry of ``eval_losses``), i.e. under the base
+    model (LoRA B = 0, GARFA alpha = 1): the base model's held-out loss.
     """
     ft = finetune if isinstance(finetune, dict) else {}
-    per = ft.get("heldout_record_losses")
-    if isinstance(per, dict) and per:
-        try:
-            vals = {str(k): float(v) for k, v in per.items()}
-        except (TypeError, ValueError):
-            vals = {}
-        if vals and all(map(math.isfinite, vals.values())):
-            return sum(vals.values()) / len(vals), vals
-    v = ft.get("final_eval_loss")
+    per = _per_record(ft, "heldout_record_losses_step0" if step0 else "heldout_record_losses")
+    if per:
+        return sum(per.values()) / len(per), per
+    if step0:
+        v = next((e.get("loss") for e in ft.get("eval_losses") or [] if isinstance(e, dict) and e.get("step") == 0),
+                 None)
+    else:
+        v = ft.get("final_eval_loss")
     return (float(v), None) if isinstance(v, (int, float)) and math.isfinite(v) else (None, None)
+
+
+def attach_base_heldout(base: dict | None, runs: list[dict]) -> None:
+    """Give the base row the held-out loss the fine-tunes measured at step 0 (first trial that has it)."""
+    src = next((r for r in runs if r.get("base_heldout", (None,))[0] is not None), None)
+    if base is None or src is None:
+        return
+    loss, per = src["base_heldout"]
+    base["scores"][HELDOUT] = loss
+    if per:
+        base["items"][HELDOUT] = per
+    base["heldout_from"] = f"step 0 of trial {src['trial_id']}"
 
 
 def _load_run(rec: dict, tdir: Path, who: str, problems: list[str]) -> dict:
@@ -99,7 +123,7 @@ def _load_run(rec: dict, tdir: Path, who: str, problems: list[str]) -> dict:
             items[HELDOUT] = per_record
     return {"trial_id": rec.get("trial_id", tdir.name), "arm": rec.get("arm", "?"),
             "control_seed": rec.get("control_seed"), "train_seed": rec.get("train_seed"),
-            "scores": scores, "items": items,
+            "scores": scores, "items": items, "base_heldout": heldout_loss(rec.get("finetune"), step0=True),
             "gpu_hours": float(rec.get("gpu_hours") or 0.0), "wall_s": float(rec.get("wall_s") or 0.0)}
 
 

@@ -46,6 +46,12 @@ def heldout_losses(arm, cs, ts):
     return {f"rec{i}": float(LOSS[arm] + rng.normal(0, 0.2)) for i in range(HELDOUT_RECORDS)}
 
 
+def base_losses():
+    """The held-out records' losses under the base model (a fine-tune's step 0): the same for every trial."""
+    rng = np.random.default_rng(99)
+    return {f"rec{i}": float(2.1 + rng.normal(0, 0.2)) for i in range(HELDOUT_RECORDS)}
+
+
 def trial_id(arm, cs, ts):
     return f"{arm}-c{cs}-t{ts}" if cs is not None else f"{arm}-t{ts}"
 
@@ -68,7 +74,8 @@ def build_study(root: Path) -> Path:
                     "trial_id": trial_id(arm, cs, ts), "arm": arm, "control_seed": cs, "train_seed": ts,
                     "lora_layers": [0, 1, 2], "garfa_layers": [0, 1, 2], "eval": ev,
                     "finetune": {"steps": 3, "final_eval_loss": LOSS[arm],
-                                 "heldout_record_losses": heldout_losses(arm, cs, ts)},
+                                 "heldout_record_losses": heldout_losses(arm, cs, ts),
+                                 "heldout_record_losses_step0": base_losses()},
                     "items_dir": str(tdir / "eval" / "items"), "wall_s": 900.0, "gpu_hours": GPU_HOURS,
                     "mlflow_run_id": None}))
     rng = np.random.default_rng(0)

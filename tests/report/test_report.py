@@ -89,7 +89,7 @@ def test_table5_runs_are_the_unit_against_direct_computation(study):
 
 
 def test_heldout_loss_is_a_first_class_metric(study):
-    from tests.report.conftest import heldout_losses
+    from tests.report.conftest import base_losses, heldout_losses
 
     res = build_report(study)
     assert res["extra_metrics"] == ["heldout_loss"] and "heldout_loss" not in res["benchmarks"]
@@ -98,12 +98,15 @@ def test_heldout_loss_is_a_first_class_metric(study):
     a_means, d_means = [np.mean(list(x.values())) for x in a_runs], [np.mean(list(x.values())) for x in d_runs]
     assert _row(res, "A")["scores"]["heldout_loss"]["mean"] == pytest.approx(np.mean(a_means))
     assert _row(res, "D")["scores"]["heldout_loss"]["std"] == pytest.approx(statistics.stdev(d_means))
-    assert _row(res, "base")["scores"]["heldout_loss"]["mean"] is None  # no fine-tune: n/a
+    # the base model's held-out loss is the fine-tunes' step-0 loss on the same records
+    base_mean = np.mean(list(base_losses().values()))
+    assert _row(res, "base")["scores"]["heldout_loss"]["mean"] == pytest.approx(base_mean)
+    ab = res["a_minus_base"]["heldout_loss"]
+    assert ab["diff"] == pytest.approx(np.mean(a_means) - base_mean) and ab["n_items"] == 12
     t5 = res["table5_a_minus_d"]["heldout_loss"]
     assert t5["diff"] == pytest.approx(np.mean(a_means) - np.mean(d_means))
     assert t5["p_holm"] == t5["p"]  # its own claim, outside the benchmark family
     assert t5["ci_high"] < 0  # A's loss is 0.2 nats lower by construction
-    assert res["a_minus_base"]["heldout_loss"]["diff"] is None
     # the null for a lower-is-better metric counts D units at or below A
     e = res["null"]["heldout_loss"]
     d_units = [np.mean([np.mean(list(heldout_losses("D", c, t).values())) for t in TRAIN_SEEDS]) for c in CONTROL_SEEDS]
@@ -111,19 +114,24 @@ def test_heldout_loss_is_a_first_class_metric(study):
     assert e["p"] == pytest.approx((1 + sum(x <= np.mean(a_means) for x in d_units)) / (len(d_units) + 1))
     md = (study / "report" / "report.md").read_text()
     assert "held-out loss" in md.split("## Table 4", 1)[1].split("\n", 3)[2]
-    assert "| base model (no fine-tuning) |" in md and "n/a" in md.split("| base model (no fine-tuning) |", 1)[1].split("\n", 1)[0]
+    assert f"| {base_mean:.3f} (n=1) |" in md.split("| base model (no fine-tuning) |", 1)[1].split("\n", 1)[0]
     assert "Held-out loss (lower is better): A's is lower (better) than D's" in res["headline"]
+    assert "Against the base model (the step-0 loss): A − base = " in res["headline"]
 
 
 def test_heldout_falls_back_to_run_level_final_eval_loss(study):
     for p in (study / "trials").glob("*/result.json"):
         rec = json.loads(p.read_text())
-        del rec["finetune"]["heldout_record_losses"]
+        del rec["finetune"]["heldout_record_losses"], rec["finetune"]["heldout_record_losses_step0"]
         p.write_text(json.dumps(rec))
     res = build_report(study)
     t5 = res["table5_a_minus_d"]["heldout_loss"]
     assert t5["diff"] == pytest.approx(1.8 - 2.0) and t5["n_items"] == 0
     assert t5["interval"].startswith("runs only")
+    # no step-0 record anywhere: the base model's held-out loss is n/a, said once
+    assert _row(res, "base")["scores"]["heldout_loss"]["mean"] is None
+    assert res["a_minus_base"]["heldout_loss"]["diff"] is None
+    assert "base model's held-out loss is n/a" in res["headline"]
 
 
 def test_null_p_cost_and_markdown(study):
