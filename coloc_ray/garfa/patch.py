@@ -233,8 +233,8 @@ def apply_garfa(model: nn.Module, layers: Sequence[int], c: float = GARFA_C) -> 
     for row, idx in enumerate(layers):
         attn = blocks[idx].self_attn
         eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward")
-        link = _GarfaLink(scalers, row, _LayerRope(*layer_rope_names(base, idx)), fam.extra_kwargs(attn), eager, fam.qkv,
-                          attn.__dict__.get("forward"))
+        rope = _LayerRope(*layer_rope_names(base, idx))  # the layer's own table (Gemma 3: per layer type)
+        link = _GarfaLink(scalers, row, rope, fam.extra_kwargs(attn), eager, fam.qkv, attn.__dict__.get("forward"))
         attn._garfa_link = link
         attn.forward = _PatchedForward(attn)
     base.add_module(SUBMODULE, scalers)
