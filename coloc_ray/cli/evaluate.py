@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -49,8 +51,6 @@ def _eval(args) -> int:
                         f"(got {err.get('input')!r})") from None
     _check_out(args.out)
     if args.adapter:  # an incomplete or corrupt adapter is refused before the model loads (seconds, not minutes)
-        from pathlib import Path
-
         from coloc_ray.finetune.adapter import MODEL_INFO, _read_json_file, adapter_parts
 
         if not Path(args.adapter).is_dir():
@@ -58,7 +58,10 @@ def _eval(args) -> int:
         if (Path(args.adapter) / MODEL_INFO).is_file():
             _read_json_file(Path(args.adapter) / MODEL_INFO, "re-run `coloc finetune` or restore the file")
         adapter_parts(args.adapter)
+    replacing = (Path(args.out) / "eval.json").is_file()
     results = run_eval(cfg, args.out)
+    if replacing:
+        print(f"coloc: replaced the earlier evaluation in {args.out} (eval.json, items/)", file=sys.stderr)
     print(json.dumps({b: {k: r[k] for k in ("score", "ci_low", "ci_high", "n", "metric")}
                       for b, r in results.items()}, indent=2))
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from coloc_ray.errors import UserError
 
@@ -100,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)  # run_finetune validates against the model before Ray starts
     _check_out(args.out)
     check_model_spec(cfg.model)  # an unsupported family or a corrupt config.json, before Ray starts
+    earlier = [n for n in ("metrics.json", "adapter_config.json", "garfa.json") if (Path(args.out) / n).is_file()]
     metrics = run_finetune(cfg, args.out, address=args.address)
+    if earlier:
+        print(f"coloc: replaced the earlier fine-tune output in {args.out} ({', '.join(earlier)} ...)",
+              file=sys.stderr)
     keep = ("final_train_loss", "final_eval_loss", "steps", "tokens_per_s", "lora_params", "garfa_params")
     print(json.dumps({k: metrics.get(k) for k in keep}))
     return 0

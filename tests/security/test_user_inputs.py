@@ -117,3 +117,15 @@ def test_out_on_a_read_only_mount_is_refused_before_work(tmp_path):
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", cmd], capture_output=True,
                        text=True, timeout=300)
     assert "cannot write in" in _one_error_line(r)
+
+
+@pytest.mark.slow
+def test_eval_says_when_it_replaces_an_earlier_output(tmp_path):
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "eval.json").write_text('{"old": true}')
+    r = run_cli("eval", "--model", "tiny-gqa", "--benchmarks", "arc_challenge", "--limit", "1", "--no-tracking",
+                "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"replaced the earlier evaluation in {out}" in r.stderr
+    assert "old" not in json.loads((out / "eval.json").read_text())
