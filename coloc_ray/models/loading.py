@@ -156,9 +156,19 @@ def check_model_spec(spec: str) -> None:
     if spec in ALIASES:
         return
     path, extra = resolve_model_dir(spec)
+    if extra:
+        return  # a .gguf: reading its header is a full parse, the load checks it
     cfg_file = Path(path) / "config.json"
-    if extra or not cfg_file.is_file():
-        return  # a .gguf or a hub id: transformers reads those
+    if not cfg_file.is_file():  # a hub id: checked when its config is in the local HF cache
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, "config.json")
+        except Exception:  # noqa: BLE001 - an unusable cache only means "not checkable offline"
+            cached = None
+        if not isinstance(cached, str):
+            return
+        cfg_file = Path(cached)
     try:
         cfg = json.loads(cfg_file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

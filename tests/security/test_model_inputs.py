@@ -51,3 +51,21 @@ def test_cli_probe_with_corrupt_config_exits_2(tiny_dir, tmp_path):
                 timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("coloc: error:")] and not out.exists()
+
+
+def test_hub_id_in_the_local_cache_is_checked_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from coloc_ray.models.loading import check_model_spec
+
+    snap = tmp_path / "models--acme--tiny" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "models--acme--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match="model_type 'gpt2'"):
+        check_model_spec("acme/tiny")
+    check_model_spec("acme/not-cached")  # not checkable offline: left to the load
+    (snap / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    check_model_spec("acme/tiny")
