@@ -29,7 +29,32 @@ def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
     # Ray Train propagates this to its controller: a worker group that cannot start (lost node, no capacity)
     # fails after this long and counts against the fine-tune's bounded retries, instead of waiting for ever.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(ctx.get("start_timeout_s", 300)))
-    run_trial(config["trial"], ctx, stages, report=lambda m: tune.report(dict(m)))
+    from coloc_ray.ablation.console import trial_log_path, trial_output
+    from coloc_ray.ablation.trial import scratch_root
+
+    spec = config["trial"]
+    # The trial's own output (library progress bars, warnings, Ray Train's lines) goes to its log file on this
+    # node, then to the study storage: the console shows the trial table, the log keeps the rest.
+    log_path = trial_log_path(scratch_root(), ctx["study"]["name"], spec["trial_id"])
+    try:
+        with trial_output(log_path):
+            run_trial(spec, ctx, stages, report=lambda m: tune.report(dict(m)))
+    finally:
+        _keep_log(ctx, spec["trial_id"], log_path)
+
+
+def _keep_log(ctx: dict, trial_id: str, log_path: Path) -> None:
+    """Copy the trial's log to ``<storage>/logs/trials/<trial_id>/<host>.log`` (one file per node it ran on)."""
+    import socket
+
+    from coloc_ray.storage import Storage
+
+    try:
+        if log_path.is_file() and ctx.get("storage"):
+            Storage(ctx["storage"]).write_bytes(f"logs/trials/{trial_id}/{socket.gethostname()}-{os.getpid()}.log",
+                                                log_path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - losing a log must not fail a finished trial
+        log.warning("could not keep the log of trial %s: %s", trial_id, e)
 
 
 def _callback_cls():
