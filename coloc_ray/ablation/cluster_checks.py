@@ -22,8 +22,8 @@ CHECK_DIR = ".coloc-node-check"
 FILE_SCHEMES = ("sqlite", "file", "")  # tracking stores that live on one machine's disk
 
 
-def _node_probe(root: str, token: str, data_dir: str | None) -> dict:
-    """Runs on one node: read the driver's marker, write this node's, look for the data."""
+def _node_probe(root: str, token: str, data_dir: str | None, model_path: str | None = None) -> dict:
+    """Runs on one node: read the driver's marker, write this node's, look for the data and a local model."""
     import ray
 
     from coloc_ray.storage import Storage
@@ -42,6 +42,8 @@ def _node_probe(root: str, token: str, data_dir: str | None) -> dict:
         out["storage"] = f"cannot use it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
     if data_dir is not None and not Path(data_dir).is_dir():
         out["data"] = f"has no data directory {data_dir}"
+    if model_path is not None and not Path(model_path).exists():
+        out["model"] = f"has no model at {model_path}"
     return out
 
 
@@ -86,8 +88,10 @@ def check_cluster(cfg, store, timeout_s: float = 120.0) -> str | None:
     token = secrets.token_hex(8)
     store.write_text(f"{CHECK_DIR}/{token}", token)
     probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe)
+    model = Path(cfg.model).expanduser()
+    model_path = str(model.resolve()) if model.exists() else None  # a local model path: every node needs it
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(store.root, token, data_dir) for n in nodes]
+            .remote(store.root, token, data_dir, model_path) for n in nodes]
     ips = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
     try:
         ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
@@ -104,6 +108,9 @@ def check_cluster(cfg, store, timeout_s: float = 120.0) -> str | None:
             if got["data"]:
                 errs.append(f"{where} {got['data']}: put the data on a volume every node mounts at the same "
                             "path and set COLOC_DATA to it")
+            if got.get("model"):
+                errs.append(f"{where} {got['model']}: put the model on a volume every node mounts at the same "
+                            "path, or give a hub id (cached on every node, e.g. a shared HF_HOME)")
         if not_ready:
             errs.append(f"{len(not_ready)} node(s) did not answer the storage/data check within {timeout_s:.0f} s")
     finally:

@@ -164,6 +164,12 @@ def test_unshared_path_sqlite_tracking_and_missing_data_are_refused_up_front(clu
             check_cluster(_cfg(tracking_uri="http://127.0.0.1:1"), Storage(s3_server.uri("chk")))
         assert "storage" not in str(e.value)
         monkeypatch.delenv("COLOC_DATA")
+        local_model = tmp_path / "my-model"  # a model directory only the driver has
+        local_model.mkdir()
+        with pytest.raises(UserError, match="has no model at") as e:
+            check_cluster(_cfg(tracking_uri="http://127.0.0.1:1", model=str(local_model)),
+                          Storage(s3_server.uri("chk")))
+        assert len(str(e.value).splitlines()) == 2  # the two worker nodes; the head sees it
         with cluster.client_env():
             monkeypatch.setenv("COLOC_DATA", cluster.env["COLOC_DATA"])
             assert check_cluster(_cfg(tracking_uri="http://127.0.0.1:1"),
