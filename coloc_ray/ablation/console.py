@@ -36,6 +36,10 @@ HARMLESS = [re.compile(p) for p in (
     r"No module named 'kernels'",                  # the same, printed on import
     r"fatal: not a git repository",                # lm-eval records the git hash of the working dir
     r"Found multiple active Ray instances",        # another Ray on the machine; ours is addressed explicitly
+    # lm-eval, when handed an already-loaded model (how every evaluation here calls it):
+    r"`pretrained` model kwarg is not of type `str`",
+    r"Passed an already-initialized model through `pretrained`",
+    r"num_fewshot > 0 but fewshot_split is None",   # the task YAMLs' few-shot rule is the intended one
 )]
 # What reads as a warning in raw output (Python warnings, logging's WARNING/ERROR level names).
 _WARNING_LINE = re.compile(r"\b(\w*Warning|WARNING|ERROR|CRITICAL)\b")
@@ -60,7 +64,12 @@ class _Once:
         self.lock = threading.Lock()
 
     def first(self, text: str) -> bool:
-        key = re.sub(r"\d+", "#", text.strip())
+        # Keyed on what follows the level word, without a logger tag: lm-eval prints the same warning through
+        # two formats ("name: msg" and "[module:line] msg") once it has set up its own handler.
+        m = _WARNING_LINE.search(text)
+        tail = text[m.end():] if m else text
+        tail = re.sub(r"^[\s:]*(\[[^\]]*\]|[\w.]+:(?!\S))?\s*", "", tail)
+        key = re.sub(r"\d+", "#", tail.strip())
         with self.lock:
             if key in self.seen:
                 return False
