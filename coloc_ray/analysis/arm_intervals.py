@@ -123,9 +123,12 @@ def _components(a_runs, b_runs, metric: str, pool: Sequence[Sequence[dict]], b_i
         d = xa.mean(axis=0) - xb.mean(axis=0)
         out["diff"] = float(d.mean())
         s2_e = _residual_variance([_matrix(g, metric, ids, cache) for g in pool if g])
-        # A run mean carries at least its items' residual noise (E[s2_run] = s2_u + s2_e / m): with two or
-        # three runs on a few items their means can tie by chance, which must not read as certainty.
-        s2_run = max(s2_run, s2_e / len(ids)) if df_run else s2_run
+        # Replicate runs whose means tie exactly (two or three runs on a few items do, by chance) would read
+        # as certainty; a run mean carries at least its items' residual noise (E[s2_run] = s2_u + s2_e / m), so
+        # a zero is replaced by s2_e / m. Only a zero: flooring every estimate at s2_e / m biases the variance
+        # up (simulated 1 x 5 design: 1 % false positives instead of 5 %).
+        if df_run and s2_run == 0.0:
+            s2_run = s2_e / len(ids)
         s2_w = max(0.0, float(d.var(ddof=1)) - s2_e * (1.0 / len(a) + inv_b)) if d.size > 1 else 0.0
         out["item_term"] = (s2_w / d.size, d.size - 1)
         if not df_run:  # no replicate run anywhere: the item spread is all there is (it misses run noise)

@@ -134,7 +134,7 @@ def test_item_mode_against_direct_variance_components():
             for i in range(x.shape[1]):
                 ss_e += (x[r, i] - x[:, i].mean() - x[r].mean() + x.mean()) ** 2
     s2_e = ss_e / ((len(ma) - 1 + len(md) - 1) * (len(ids) - 1))
-    s2_run = max(s2_run, s2_e / len(ids))  # a run mean carries at least its items' residual noise
+    assert s2_run > 0  # (an exact zero would be replaced by s2_e / m)
     dvec = xa.mean(0) - xd.mean(0)
     k = 1 / len(ma) + 1 / len(md)
     run_v, item_v = s2_run * k, max(0.0, dvec.var(ddof=1) - s2_e * k) / len(ids)
