@@ -203,3 +203,13 @@ def test_password_in_tracking_uri_is_refused_and_cli_exits_2(tmp_path):
                 timeout=120)
     assert r.returncode == 2 and "looks like a credential" in r.stderr and "hf_abc" not in r.stderr + r.stdout
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_dry_run_lists_the_upload_and_contacts_nothing(no_auth_env):
+    r = run_cli("submit", str(TINY), "--dry-run", "--out", "s3://bucket/studies/tiny", "--address",
+                f"http://127.0.0.1:{free_port()}", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = [ln.strip() for ln in r.stdout.splitlines() if ln.startswith("  ")]
+    assert "coloc_ray/ablation/submit.py" in files and "studies/tiny_test.yaml" in files
+    assert not [f for f in files if f.startswith((".venv", ".git/")) or f.endswith((".safetensors", ".env"))]
+    assert r.stdout.startswith("entrypoint: coloc run studies/tiny_test.yaml --address auto --out s3://bucket/")
