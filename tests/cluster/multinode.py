@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LAUNCHER = REPO / "cluster" / "local_node.py"
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+START_RETRIES = 2
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1")  # the second: a dual-stack socket bound to 127.0.0.1
 NODE_PORTS = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
               "dashboard-agent-grpc-port", "runtime-env-agent-port")
@@ -64,6 +65,8 @@ class Node:
     proc: subprocess.Popen
     resources: dict = field(default_factory=dict)
     killed: bool = False  # by kill_node: its exit is expected
+    tries: int = 0        # start-up retries so far
+    spec: tuple = ()      # (cpus, gpus) it was started with
 
     @property
     def pgid(self) -> int:
@@ -89,7 +92,7 @@ class MultiNodeCluster:
 
     def __init__(self, workers: int = 2, *, cpus: float = 1, gpus: int = 0, resources: dict | None = None,
                  hide=(), env: dict | None = None, head_cpus: float = 0, object_store_mb: int = 80,
-                 health_check_ms: int = 1000, health_check_failures: int = 5, start_timeout: float = 180):
+                 health_check_ms: int = 1000, health_check_failures: int = 5, start_timeout: float = 300):
         self.n_workers, self.cpus, self.gpus = workers, cpus, gpus
         self.resources = dict(resources or {})
         self.hide = [Path(h).resolve() for h in hide]
@@ -117,6 +120,7 @@ class MultiNodeCluster:
                           "RAY_health_check_failure_threshold": str(health_check_failures),
                           "RAY_health_check_initial_delay_ms": "0"}
         self.nodes: dict[str, Node] = {}
+        self.sockets: list[dict] = []  # listening sockets recorded by start() (all on 127.0.0.1)
         self._next_worker = 1
 
     # ---- start / stop -------------------------------------------------------------------------------
@@ -145,6 +149,7 @@ class MultiNodeCluster:
                 for _ in range(self.n_workers):
                     self.add_worker(wait=False)
         self.wait_nodes(1 + self.n_workers, timeout=max(10.0, deadline - time.time()))
+        self.sockets = self.assert_loopback_only()  # what listened once every node was up
 
     def _gcs_up(self) -> bool:
         with socket.socket() as s:
@@ -162,21 +167,41 @@ class MultiNodeCluster:
 
     def add_worker(self, *, wait: bool = True, cpus: float | None = None, gpus: int | None = None) -> str:
         """Start one more worker node (``wK``, next K); returns its name. ``wait``: until it is ALIVE."""
-        k = self._next_worker
+        name = f"w{self._next_worker}"
         self._next_worker += 1
-        name = f"w{k}"
-        d = self.node_dir(name)
-        d.mkdir(parents=True)
-        res = {**self.resources, f"node_{name}": 1}
-        ports = {p: free_port() for p in NODE_PORTS}
-        ray_cmd = [sys.executable, str(LAUNCHER), "start", f"--address={self.gcs_address}",
-                   f"--num-cpus={self.cpus if cpus is None else cpus}",
-                   f"--num-gpus={self.gpus if gpus is None else gpus}", f"--resources={json.dumps(res)}",
-                   *self._common_args(d, ports)]
-        self.nodes[name] = Node(name, d, self._popen(self._private_mounts(name, d) + ray_cmd, d), res)
+        self._launch_worker(name, self.cpus if cpus is None else cpus, self.gpus if gpus is None else gpus)
         if wait:
             self.wait_nodes(len(self.alive_nodes()) + 1, timeout=self.start_timeout)
         return name
+
+    def _launch_worker(self, name: str, cpus: float, gpus: int, tries: int = 0) -> None:
+        d = self.node_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        res = {**self.resources, f"node_{name}": 1}
+        ports = {p: free_port() for p in NODE_PORTS}
+        ray_cmd = [sys.executable, str(LAUNCHER), "start", f"--address={self.gcs_address}", f"--num-cpus={cpus}",
+                   f"--num-gpus={gpus}", f"--resources={json.dumps(res)}", *self._common_args(d, ports)]
+        node = Node(name, d, self._popen(self._private_mounts(name, d) + ray_cmd, d), res)
+        node.spec, node.tries = (cpus, gpus), tries
+        self.nodes[name] = node
+
+    def _relaunch_failed_workers(self) -> list[str]:
+        """Start again a worker whose ``ray start`` gave up (Ray allows a raylet only 30 s to register with
+        the GCS, which a loaded machine can exceed); at most ``START_RETRIES`` times. Returns those given up."""
+        failed = []
+        for name, node in list(self.nodes.items()):
+            if name == "head" or node.alive() or node.killed:
+                continue
+            if node.tries >= START_RETRIES:
+                failed.append(name)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pgid, signal.SIGKILL)  # a raylet left behind by the failed start
+            self._kill(p for p, n in self.pids().items() if n == name)
+            os.replace(node.dir / "node.log", node.dir / f"node.log.failed{node.tries}")
+            shutil.rmtree(node.dir / "ray", ignore_errors=True)
+            self._launch_worker(name, *node.spec, tries=node.tries + 1)
+        return failed
 
     def _common_args(self, d: Path, ports: dict) -> list[str]:
         return ["--block", "--node-ip-address=127.0.0.1", f"--temp-dir={d / 'ray'}", "--disable-usage-stats",
@@ -195,10 +220,10 @@ class MultiNodeCluster:
         for i, path in enumerate(self.hide):
             path.mkdir(parents=True, exist_ok=True)
             empty = d / "covered" / str(i)
-            empty.mkdir(parents=True)
+            empty.mkdir(parents=True, exist_ok=True)
             mounts.append(f"mount --bind {q(empty)} {q(path)}")
         view = self.root / "views" / name
-        (view / name).mkdir(parents=True)
+        (view / name).mkdir(parents=True, exist_ok=True)
         mounts += [f"mount --bind {q(d)} {q(view / name)}", f"mount --rbind {q(view)} {q(self.root / 'nodes')}"]
         script = " && ".join(mounts + ['exec "$@"'])
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
@@ -254,6 +279,10 @@ class MultiNodeCluster:
         p = self.node_dir(name) / "node.log"
         return p.read_text(errors="replace") if p.is_file() else ""
 
+    def api(self, path: str, timeout: float = 5) -> dict:
+        """GET ``path`` from the dashboard (e.g. ``/api/v0/actors?detail=true``) with the token; parsed JSON."""
+        return self._get(path, timeout)
+
     def _get(self, path: str, timeout: float = 5) -> dict:
         req = urllib.request.Request(self.dashboard_url + path,
                                      headers={"Authorization": f"Bearer {self.token_file.read_text().strip()}"})
@@ -291,7 +320,7 @@ class MultiNodeCluster:
             alive = self.alive_nodes()
             if len(alive) >= n:
                 return alive
-            dead = [m for m, node in self.nodes.items() if not node.alive() and not node.killed]
+            dead = self._relaunch_failed_workers() + [h for h in ("head",) if not self.nodes[h].alive()]
             if dead or time.time() > deadline:
                 logs = "\n".join(f"--- {m}:\n{self.log(m)[-1500:]}" for m in self.nodes)
                 raise RuntimeError(f"{len(alive)}/{n} Ray nodes alive after {timeout:.0f} s "
@@ -365,13 +394,17 @@ class MultiNodeCluster:
     # ---- drivers ------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def client_env(self):
-        """``os.environ`` set as a client of this cluster needs it (token, loopback, extra env); restored after."""
+        """``os.environ`` set as a client of this cluster needs it (token, loopback, extra env); restored after.
+
+        Ray caches the auth mode and token on first use: both are re-read on entry and again on exit.
+        """
         keys = set(self.env) | set(AUTH_VARS)
         old = {k: os.environ.get(k) for k in keys}
         os.environ.update(self.env)
         for k in AUTH_VARS:
             if k not in self.env:
                 os.environ.pop(k, None)
+        _reload_auth()
         try:
             yield self.env
         finally:
@@ -380,6 +413,7 @@ class MultiNodeCluster:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            _reload_auth()
 
     @contextlib.contextmanager
     def driver(self, **init_kwargs):
@@ -393,7 +427,6 @@ class MultiNodeCluster:
         # the address to the machine's other interface (as coloc_ray.raycluster also guards against).
         ray_constants.ENABLE_RAY_CLUSTER = False
         with self.client_env():
-            _reload_auth()
             ray.init(address=self.gcs_address, log_to_driver=False, **init_kwargs)
             try:
                 yield ray

@@ -8,8 +8,8 @@ beyond 127.0.0.1.
 
 from __future__ import annotations
 
-import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -68,6 +68,7 @@ def test_three_nodes_alive_on_loopback_with_token_auth(multinode):
     assert oct(multinode.token_file.stat().st_mode & 0o777) == "0o600"
     # Every listening socket of every cluster process is on 127.0.0.1: GCS, dashboard, raylets, agents.
     socks = multinode.assert_loopback_only()
+    assert {multinode.gcs_port, multinode.dashboard_port} <= {s["port"] for s in multinode.sockets}  # at start
     ports = {s["port"] for s in socks}
     assert multinode.gcs_port in ports and multinode.dashboard_port in ports
     assert {s["node"] for s in socks} >= {"head", "w1", "w2"}
@@ -80,9 +81,9 @@ def test_three_nodes_alive_on_loopback_with_token_auth(multinode):
 
 def test_a_driver_without_the_token_is_refused(multinode):
     env = {k: v for k, v in multinode.env.items() if not k.startswith("RAY_AUTH")}
-    code = (f"import ray; ray.init(address='{multinode.gcs_address}')")
-    r = subprocess.run([multinode.env["PATH"].split(":")[0] + "/python", "-c", code], env=env,
-                       capture_output=True, text=True, timeout=180)
+    env["RAY_gcs_server_port_wait_time_s"] = "2"  # give up after 2 tries instead of 20 (one per second)
+    code = f"import ray; ray.init(address='{multinode.gcs_address}')"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode != 0
     assert "Authentication" in r.stderr or "token" in r.stderr, r.stderr[-2000:]
 
