@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,38 @@ def loopback_env() -> dict[str, str]:
     return dict(LOOPBACK_ENV)
 
 
+def ensure_private_token(path: str | Path) -> Path:
+    """Make ``path`` a token file only its owner can read: create it (a fresh random token, mode 0600, in a 0700
+    directory) when absent, else tighten a group/world-readable one to 0600. Ray 2.60 writes its default
+    ``~/.ray/auth_token`` with the umask (0644); call this before the first ``ray.init`` / ``ray start``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+        except FileExistsError:
+            return ensure_private_token(p)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    elif p.stat().st_mode & 0o077:
+        p.chmod(0o600)
+    return p
+
+
+def _private_token_file(create: bool) -> None:
+    """Token auth: the token file this process will use is created 0600, or tightened to it (Ray writes
+    ``~/.ray/auth_token`` with the umask, 0644: readable by every user of the machine)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if not create and not Path(path).expanduser().exists():
+        return  # joining a cluster: its token is the user's to provide
+    try:
+        ensure_private_token(path)
+    except OSError as e:  # a read-only home, a token file of another user: Ray itself will say what it needs
+        log.warning("could not make the Ray token file %s private: %s", path, e)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to ``address`` (``ray://``, ``host:port`` or ``auto``) or start a local Ray on 127.0.0.1.
 
@@ -32,6 +66,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
     if ray.is_initialized():
         return
     _loopback_even_if_imported_early()
+    _private_token_file(create=not address)
     # Worker processes must see the same loopback setting and keep torch to its share of the CPUs.
     runtime_env = {"env_vars": {**LOOPBACK_ENV, "TOKENIZERS_PARALLELISM": "false"}}
     if address:

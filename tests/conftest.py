@@ -40,6 +40,7 @@ def ray_token_env(tmp_path_factory):
     d = tmp_path_factory.mktemp("raytoken")
     tok = d / "auth_token"
     tok.write_text(secrets.token_hex(32))
+    tok.chmod(0o600)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tok)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

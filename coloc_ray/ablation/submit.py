@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from coloc_ray.errors import UserError
+from coloc_ray.raycluster import ensure_private_token  # noqa: F401 - part of this module's API
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # gitignore-style patterns Ray leaves out of the uploaded working_dir (it refuses > 500 MiB anyway);
@@ -42,24 +43,6 @@ SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "KEY", "A
 PROJECT = Path(__file__).resolve().parents[2]
 META_PREFIX = "coloc."
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def ensure_private_token(path: str | Path) -> Path:
-    """Make ``path`` a token file only its owner can read: create it (a fresh random token, mode 0600, in a 0700
-    directory) when absent, else tighten a group/world-readable one to 0600. Ray 2.60 writes its default
-    ``~/.ray/auth_token`` with the umask (0644); call this before the first ``ray.init`` / ``ray start``."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
-        except FileExistsError:
-            return ensure_private_token(p)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    elif p.stat().st_mode & 0o077:
-        p.chmod(0o600)
-    return p
 
 
 def read_token(token_file: str | None = None) -> str | None:

@@ -6,6 +6,7 @@ A :class:`~coloc_ray.errors.UserError` anywhere becomes one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -62,7 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("coloc: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"coloc: error: {os.strerror(e.errno).lower()}{where}: free space or choose another output "
+              "directory; the partial output was not kept", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+# A full disk, a quota, a read-only mount: the user's to fix, not a bug to show a traceback for.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def entry() -> None:  # pragma: no cover

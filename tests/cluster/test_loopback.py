@@ -32,3 +32,22 @@ def test_local_ray_binds_loopback_even_if_ray_was_imported_first(ray_token_env):
     got = json.loads(line[len("RESULT "):])
     assert got["node_ip"] == "127.0.0.1"
     assert got["gcs"].startswith("127.0.0.1:"), got
+
+
+def test_local_ray_token_file_is_private(tmp_path, monkeypatch):
+    """ensure_ray makes the token file it will use 0600 (Ray's own default file is 0644), before ray.init."""
+    from coloc_ray import raycluster
+
+    loose = tmp_path / "auth_token"
+    loose.write_text("0" * 64)
+    loose.chmod(0o644)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(loose))
+    raycluster._private_token_file(create=True)
+    assert loose.stat().st_mode & 0o777 == 0o600 and loose.read_text() == "0" * 64
+    fresh = tmp_path / "new" / "auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(fresh))
+    raycluster._private_token_file(create=False)  # joining a cluster: never invent its token
+    assert not fresh.exists()
+    raycluster._private_token_file(create=True)
+    assert fresh.stat().st_mode & 0o777 == 0o600 and len(fresh.read_text()) == 64
