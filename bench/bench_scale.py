@@ -15,6 +15,8 @@ evaluation, reserved together (issue 9.2), so ``slots = GPUs // GPUs per trial``
 - ``busy_efficiency`` = sum of the trials' own wall times / (makespan x slots): how well the scheduler
   keeps the slots filled, counting each trial's own bookkeeping as work;
 - ``peak_concurrent_finetunes`` (from the fakes' own call log, independent of the spine's bookkeeping);
+- ``evals_holding_gpu_ids`` and ``gpu_id_clashes``: evaluations whose ``result.json`` records GPU ids, and
+  pairs of them that held the same id on the same node at overlapping times (must be 0);
 - the driver's peak RSS (sampled every 0.25 s, and ``ru_maxrss``), and the lowest free memory seen.
 
 Tracking is a real ``mlflow server`` on 127.0.0.1 (``--tracking sqlite``: the study writes the file itself).
@@ -111,6 +113,41 @@ def _peak_overlap(spans: list[tuple[float, float]]) -> int:
     return peak
 
 
+def _gpu_conflicts(recs: list[dict]) -> tuple[int, int]:
+    """(evaluations that held GPU ids, pairs of them that held one id on one node at overlapping times)."""
+    spans: dict[tuple, list[tuple[float, float]]] = {}
+    held = 0
+    for r in recs:
+        ev = (r.get("accelerators") or {}).get("eval") or {}
+        if ev.get("gpu_ids"):
+            held += 1
+            for g in ev["gpu_ids"]:
+                spans.setdefault((ev.get("node_id"), g), []).append((ev["start"], ev["end"]))
+    clashes = 0
+    for s in spans.values():
+        s.sort()
+        clashes += sum(b[0] < a[1] for a, b in zip(s, s[1:]))
+    return held, clashes
+
+
+def _phases(recs: list[dict], calls: list[tuple]) -> dict:
+    """Mean seconds of a trial's phases: before the fine-tune (MLflow run, set-up), the fine-tune (the sleep),
+    fine-tune end to evaluation start (adapter upload, the evaluation actor's GPUs and start-up), evaluation.
+    The trial's start is taken as evaluation end - wall_s (wall_s runs to just after the evaluation)."""
+    ft = {tid: (a, b) for tid, a, b, st in calls if st == "OK"}
+    rows = []
+    for r in recs:
+        ev = (r.get("accelerators") or {}).get("eval") or {}
+        if r["trial_id"] in ft and "start" in ev:
+            a, b = ft[r["trial_id"]]
+            t0 = ev["end"] - r["wall_s"]
+            rows.append((a - t0, b - a, ev["start"] - b, ev["end"] - ev["start"]))
+    if not rows:
+        return {}
+    names = ("before_finetune", "finetune", "finetune_to_eval", "eval")
+    return {n: round(sum(x[i] for x in rows) / len(rows), 2) for i, n in enumerate(names)}
+
+
 def _timed_run_trials(box: dict):
     """Wrap the spine's Tune call to time exactly the trials phase (the spine imports it at call time)."""
     from coloc_ray.ablation import tune_trials
@@ -189,8 +226,11 @@ def main() -> None:
     if bad:
         sys.exit(f"bench_scale: trials not done, no efficiency computed: {bad}")
     study_dir = Path(out["study_dir"])
-    walls = [json.loads(p.read_text())["wall_s"] for p in sorted(study_dir.glob("trials/*/result.json"))]
-    spans = [(b, c) for _, b, c, st in fakes.read_calls(tmp / "calls.log") if st == "OK"]
+    recs = [json.loads(p.read_text()) for p in sorted(study_dir.glob("trials/*/result.json"))]
+    walls = [r["wall_s"] for r in recs]
+    evals_with_gpu, gpu_clashes = _gpu_conflicts(recs)
+    calls = fakes.read_calls(tmp / "calls.log")
+    spans = [(b, c) for _, b, c, st in calls if st == "OK"]
     tune_s = box.get("tune_s", float("nan"))
     ideal = args.trials * args.trial_s / slots
     res = {"trials": args.trials, "plus_base_trial": 1, "gpus": args.gpus, "cpus": args.cpus,
@@ -201,7 +241,9 @@ def main() -> None:
            "efficiency": round(ideal / tune_s, 3),
            "busy_efficiency": round(sum(walls) / (tune_s * slots), 3),
            "mean_trial_wall_s": round(sum(walls) / len(walls), 2), "max_trial_wall_s": round(max(walls), 2),
+           "mean_phase_s": _phases(recs, calls),
            "peak_concurrent_finetunes": _peak_overlap(spans),
+           "evals_holding_gpu_ids": evals_with_gpu, "gpu_id_clashes": gpu_clashes,
            "driver_peak_rss_mb": round(mem.peak_rss / 2**20),
            "driver_ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
            "min_mem_available_gb": round(mem.min_avail / 2**30, 1),
