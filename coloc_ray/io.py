@@ -74,7 +74,9 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         yield stage
-        for item in sorted(stage.rglob("*")):
+        # Markers (dot-files such as ``.done``) move last: a crash part-way leaves the stage unmarked, so it
+        # runs again, never a marker over half the outputs.
+        for item in sorted(stage.rglob("*"), key=lambda p: (p.name.startswith("."), str(p))):
             rel = item.relative_to(stage)
             dest = out / rel
             if item.is_dir():
@@ -82,6 +84,27 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
             else:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(item, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging directory beside ``out_dir``; on success it *becomes* ``out_dir`` by rename (the
+    old one, if any, is renamed away first and then removed), so readers see the old output or the whole new
+    one. On failure the staging directory is dropped and ``out_dir`` is untouched."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".staging-{out.name}-"))
+    try:
+        yield stage
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".old-{out.name}-"))
+            os.replace(out, old / out.name)
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

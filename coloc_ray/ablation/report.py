@@ -113,9 +113,27 @@ def compute_results(study_dir: str | Path, out: Path | None = None) -> dict:
            "trials": [{k: r[k] for k in ("trial_id", "arm", "control_seed", "train_seed", "scores")} for r in runs]}
     if not a_runs or not d_runs:
         problems.append(f"arm {'A' if not a_runs else 'D'} has no finished trial: no A - D comparison")
+    res["incomplete"] = _unfinished(study_dir, base, runs)
+    if res["incomplete"]:
+        problems.insert(0, f"INCOMPLETE: {len(res['incomplete'])} planned trial(s) have no readable result: "
+                           f"{', '.join(res['incomplete'])}")
     res["colocalization"] = _colocalization(study_dir, out, problems) if out else None
     res["problems"] = problems
     return res
+
+
+def _unfinished(study_dir: Path, base, runs: list[dict]) -> list[str]:
+    """Trials the study planned (``plan.json``) that have no readable result: a report without them is not the
+    study's report, and says so at its top."""
+    from coloc_ray.io import read_json
+
+    plan = study_dir / "plan.json"
+    try:
+        planned = [t["trial_id"] for t in read_json(plan)["trials"]] if plan.is_file() else []
+    except (ValueError, KeyError, TypeError):
+        return ["plan.json unreadable"]
+    have = {r["trial_id"] for r in runs} | ({"base"} if base else set())
+    return [t for t in planned if t not in have]
 
 
 def build_report(study_dir: str | Path) -> dict:
@@ -443,6 +461,9 @@ def render_markdown(res: dict, labels: dict[str, str]) -> tuple[str, str]:
     """``report.md`` text and its headline paragraph."""
     cfg = res["study"]
     head = headline(res, labels)
+    if res.get("incomplete"):
+        head = (f"INCOMPLETE: {len(res['incomplete'])} planned trial(s) have no result "
+                f"({', '.join(res['incomplete'])}); the numbers below leave them out. " + head)
     lines = [f"# Study report: {cfg['name']}", "",
              f"Model: {cfg.get('model') or 'unknown'}; top-k: {cfg.get('top_k') or 'n/a'}; "
              f"benchmarks: {', '.join(labels[b] for b in res['benchmarks']) or 'none'}.", "",

@@ -23,9 +23,9 @@ from typing import Callable
 from coloc_ray.ablation.layersets import build_layer_sets, plan_trials
 from coloc_ray.ablation.progress import ProgressBoard
 from coloc_ray.ablation.study_config import StudyConfig, model_num_layers, validate_study
-from coloc_ray.ablation.trial import RESULT, Stages, real_stages, trial_rel
+from coloc_ray.ablation.trial import Stages, read_result, real_stages, trial_rel
 from coloc_ray.errors import UserError
-from coloc_ray.io import config_hash, read_json, staged_output, write_json
+from coloc_ray.io import config_hash, read_json, staged_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ def _stage(out: Path, h: str, what: str, fn: Callable[[Path], None]) -> bool:
         log.info("%s: output for config %s exists in %s, skipping", what, h, out)
         return False
     log.info("%s: running (config %s)", what, h)
-    with staged_output(out) as tmp:
+    with staged_dir(out) as tmp:  # the stage's folder appears whole, by one rename, or not at all
         fn(tmp)
-        (tmp / DONE).write_text(h)  # moved in last-but-not-least with the outputs: all or nothing
+        (tmp / DONE).write_text(h)
     return True
 
 
@@ -226,7 +226,7 @@ def _check_done_trials(store, specs: list[dict]) -> list[dict]:
     pending = []
     for s in specs:
         rel = trial_rel(s)
-        if not store.is_file(f"{rel}/{RESULT}"):
+        if read_result(store, rel) is None:  # absent, or truncated / not a record: run it (again)
             pending.append(s)
             continue
         got = store.read_text(f"{rel}/{DONE}").strip() if store.is_file(f"{rel}/{DONE}") else "?"
@@ -352,7 +352,7 @@ def _run_arms(cfg: StudyConfig, study: dict, store, mirror: Path, specs: list[di
     # Judge by result.json, over every pending trial: an interrupted Tune leaves unstarted trials out of `status`.
     why = {"DONE": "stopped before it finished", None: "never started"}
     failed = {s["trial_id"]: why.get(status.get(s["trial_id"]), status.get(s["trial_id"]))
-              for s in pending if not store.is_file(f"{trial_rel(s)}/{RESULT}")}
+              for s in pending if read_result(store, trial_rel(s)) is None}
     if failed:
         raise StudyIncomplete(f"{len(failed)} trial(s) unfinished: "
                               + "; ".join(f"{t}: {st}" for t, st in failed.items())
@@ -361,7 +361,10 @@ def _run_arms(cfg: StudyConfig, study: dict, store, mirror: Path, specs: list[di
 
 def _report(store, mirror: Path, specs: list[dict], stages: Stages, tracker) -> dict:
     """Build the report from what the storage holds (downloaded into the mirror first, adapters left out)."""
-    h = config_hash(sorted(s["config_hash"] for s in specs))
+    # The report depends on the trials' configs and on which run produced each result (a trial run again after
+    # its result was lost gives new numbers): both go into the hash that decides whether it is current.
+    runs = [(s["config_hash"], (read_result(store, trial_rel(s)) or {}).get("wall_s")) for s in specs]
+    h = config_hash(sorted(runs, key=str))
     out = mirror / "report"
     if store.is_file(f"report/{DONE}") and store.read_text(f"report/{DONE}").strip() == h \
             and store.is_file("report/results.json"):
@@ -371,6 +374,9 @@ def _report(store, mirror: Path, specs: list[dict], stages: Stages, tracker) -> 
         for s in specs:
             store.download(trial_rel(s), mirror / trial_rel(s), skip=["adapter"])
     result = stages.report(mirror)
+    if result.get("incomplete"):  # every trial finished, yet the report lacks some: never call that done
+        raise StudyIncomplete(f"the report lacks trial(s) {', '.join(result['incomplete'])}; "
+                              f"`coloc resume {store.root}` runs them again")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "results.json").is_file():
         write_json(out / "results.json", result)

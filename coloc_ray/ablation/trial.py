@@ -173,7 +173,24 @@ def trial_dir(study_dir: str | Path, spec: dict) -> Path:
 def is_done(study_dir, spec: dict) -> bool:
     from coloc_ray.storage import Storage
 
-    return Storage(study_dir).is_file(f"{trial_rel(spec)}/{RESULT}")
+    return read_result(Storage(study_dir), trial_rel(spec)) is not None
+
+
+def read_result(store, rel: str) -> dict | None:
+    """The trial's ``result.json``, or None when it is absent or unreadable: a truncated or foreign file means
+    the trial is not finished (it runs again), never that it is done."""
+    path = f"{rel}/{RESULT}"
+    if not store.is_file(path):
+        return None
+    try:
+        rec = store.read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        log.warning("%s is unreadable (%s): the trial counts as unfinished", store.uri(path), e)
+        return None
+    if not isinstance(rec, dict) or not {"trial_id", "arm", "eval"} <= set(rec):
+        log.warning("%s is not a trial record: the trial counts as unfinished", store.uri(path))
+        return None
+    return rec
 
 
 def scratch_root() -> Path:
@@ -243,8 +260,8 @@ def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], An
 
     report = report or (lambda m: None)
     store, rel = Storage(ctx.get("storage") or ctx["study_dir"]), trial_rel(spec)
-    if store.is_file(f"{rel}/{RESULT}"):
-        rec = store.read_json(f"{rel}/{RESULT}")
+    rec = read_result(store, rel)
+    if rec is not None:
         report({"phase": "done", "step": rec.get("finetune", {}).get("steps", 0), "skipped": True})
         return rec
     if ctx.get("data_dir"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -29,4 +30,8 @@ def _report(args) -> int:
     print(f"report: {study / 'report' / 'report.md'}")
     if res["problems"]:
         print(f"{len(res['problems'])} problem(s) listed in the report")
+    if res.get("incomplete"):  # a report without some of the study's trials is not its report: not a success
+        print(f"coloc: report incomplete: {len(res['incomplete'])} planned trial(s) without a result; "
+              f"`coloc resume {study}` runs them", file=sys.stderr)
+        return 1
     return 0

@@ -143,3 +143,27 @@ def test_a_crash_inside_tune_becomes_an_incomplete_study(ray_local, fakes_by_val
     assert status == {"A-t0": "ERROR: Tune stopped (RuntimeError)"}
     with pytest.raises(StudyIncomplete, match="coloc resume"):
         run_study(cfg, stages=fakes_by_value.stages(), echo=False)
+
+
+def test_truncated_result_is_rerun_and_a_report_without_it_says_incomplete(study):
+    """A truncated trials/<id>/result.json is not 'done': `coloc report` marks the report INCOMPLETE at its top
+    and exits 1; `coloc resume` runs that trial (only that one) again and the report is rebuilt whole.
+    (Last in this file: it changes the shared study.)"""
+    from coloc_ray.ablation.report import build_report
+    from tests.conftest import run_cli
+
+    d = study["dir"]
+    res_file = d / "trials" / "A-t0" / "result.json"
+    res_file.write_text(res_file.read_text()[:40])  # a crash mid-write on a filesystem without atomic rename
+    res = build_report(d)
+    assert res["incomplete"] == ["A-t0"] and res["headline"].startswith("INCOMPLETE")
+    assert (d / "report" / "report.md").read_text().count("INCOMPLETE") >= 2  # headline and problems
+    r = run_cli("report", str(d))
+    assert r.returncode == 1 and "incomplete" in r.stderr
+    before = [c for c in _calls(study) if c[0] == "A-t0"]
+    run_study(study["cfg"], stages=study["fakes"].stages(), echo=False)
+    after = [c for c in _calls(study) if c[0] == "A-t0"]
+    assert len(after) == len(before) + 1 and len(_calls(study)) == len(study["fakes"].read_calls(
+        study["tmp"] / "calls.log"))
+    assert json.loads(res_file.read_text())["trial_id"] == "A-t0"
+    assert not build_report(d)["incomplete"]
