@@ -34,9 +34,10 @@ TINY_QUIRKS = {
     # q_norm / k_norm are always there; their weights are drawn away from 1 (see build_tiny).
     "tiny-qwen3": {},
     # Layers alternate sliding (window 6) / global; query_pre_attn_scalar != head_dim; both soft-caps small
-    # enough to bite on random weights (the real ones: 50 on attention scores, 30 on logits).
+    # enough to bite on random weights (the real ones: 50 on attention scores, 30 on logits); tied embeddings
+    # (vLLM's Gemma 2 has no separate lm_head).
     "tiny-gemma2": {"sliding_window": 6, "query_pre_attn_scalar": 24, "attn_logit_softcapping": 2.0,
-                    "final_logit_softcapping": 3.0,
+                    "final_logit_softcapping": 3.0, "tie_word_embeddings": True,
                     "layer_types": ["sliding_attention", "full_attention"] * 2},
     # Sliding layers rotate with base 10k, global ones with base 1M and linear scaling x8 (gemma-3-4b+ style).
     "tiny-gemma3": {"sliding_window": 6, "query_pre_attn_scalar": 24,
