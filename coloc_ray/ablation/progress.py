@@ -42,7 +42,7 @@ class ProgressBoard:
                                      "train_seed": s["train_seed"], "state": "PENDING", "phase": "", "step": 0,
                                      "total_steps": 0 if s["arm"] == "base" else total_steps, "loss": None,
                                      "started": None, "wall_s": None, "retries": 0} for s in specs}
-        self._dirty, self._last_write, self._last_table = True, 0.0, ""
+        self._dirty, self._last_write, self._last_table, self._echo = True, 0.0, "", None
 
     def update(self, trial_id: str, **fields) -> None:
         row = self.rows.get(trial_id)
@@ -96,7 +96,12 @@ class ProgressBoard:
         self._dirty, self._last_write = False, now
         table = format_table(snap)
         if self.echo and table != self._last_table:
-            print(table, flush=True)
+            if self._echo is None:
+                from coloc_ray.ablation.console import TableEcho
+
+                self._echo = TableEcho()
+            # One line per trial event; the table redrawn in place on a terminal, printed at start and end in a log.
+            self._echo.show(snap["trials"], table)
         self._last_table = table
 
 

@@ -33,8 +33,9 @@ def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
     from coloc_ray.ablation.trial import scratch_root
 
     spec = config["trial"]
-    # The trial's own output (library progress bars, warnings, Ray Train's lines) goes to its log file on this
-    # node, then to the study storage: the console shows the trial table, the log keeps the rest.
+    # The trial process's own output (lm-eval / datasets progress bars, library warnings) goes to its log file on
+    # this node, then to the study storage; its Ray Train workers are other processes, whose output Ray forwards
+    # to the driver (the quiet console files it in <study>/logs/ray-workers.log).
     log_path = trial_log_path(scratch_root(), ctx["study"]["name"], spec["trial_id"])
     try:
         with trial_output(log_path):

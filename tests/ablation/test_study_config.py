@@ -31,9 +31,10 @@ def test_shipped_study_files_validate(path):
 def test_demo_study_is_the_documented_shape():
     cfg = load_study(REPO / "studies" / "demo_smollm2.yaml")
     assert (cfg.model, cfg.layer_sets.k, cfg.arms) == ("smollm2-135m", 10, ["A", "B", "C", "D"])
-    assert len(cfg.control_seed_list) == 2 and len(cfg.train_seed_list) == 1
+    assert cfg.control_seed_list == [123] and len(cfg.train_seed_list) == 1
     assert cfg.probes.rope_layers is None  # all 30 layers probed
-    assert set(cfg.evaluation.benchmarks) == {"mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge"}
+    assert set(cfg.evaluation.benchmarks) == {"mmlu", "gpqa", "humanevalplus"}
+    assert cfg.training.extra["heldout_fraction"] == 0.1
 
 
 def _base(**over) -> dict:

@@ -80,5 +80,7 @@ def test_progress_file_matches_run_finetune(tmp_path, small_cfg, monkeypatch, ov
     assert seen["file"].endswith("/progress.json")
 
 
-def test_remote_storage_has_no_live_file():
-    assert ray_worker.run_progress_file("s3://bucket/runs", "x") is None
+def test_remote_storage_keeps_its_live_file_there():
+    """With the study storage in a bucket the live file is an object beside the run's checkpoints (io.write_json
+    and read_json take URIs; tests/cluster/test_storage.py writes and reads one on an S3 server)."""
+    assert ray_worker.run_progress_file("s3://bucket/runs/", "x") == "s3://bucket/runs/x/progress.json"
