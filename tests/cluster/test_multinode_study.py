@@ -39,7 +39,7 @@ def mlflow_served(tmp_path_factory):
          "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # ~15 s on a quiet machine; minutes when the machine is saturated
     while True:
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2):
@@ -180,7 +180,8 @@ def test_unshared_path_sqlite_tracking_and_missing_data_are_refused_up_front(clu
 def test_study_in_a_bucket_survives_a_lost_node(cluster, s3_server, mlflow_served, tmp_path):
     from coloc_ray.storage import Storage
 
-    out = s3_server.uri("studies", "tiny_mn")
+    prefix = f"studies/tiny_mn-{int(time.time())}"  # the bucket may outlive one pytest run
+    out = s3_server.uri(prefix)
     env = {**cluster.env, "RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_MODE": ""}
     t0 = time.time()
     r = run_cli("submit", str(_study(tmp_path)), "--address", cluster.dashboard_url, "--token-file",
@@ -217,12 +218,12 @@ def test_study_in_a_bucket_survives_a_lost_node(cluster, s3_server, mlflow_serve
         assert status == "SUCCEEDED", _job_log(cluster, job_id)
 
         # Everything is in the bucket: the driver's stages, every trial (result.json last), the report.
-        keys = set(s3_server.keys("studies/tiny_mn/"))
+        keys = set(s3_server.keys(prefix + "/"))
         trials = ["base", "trials/A-t0", "trials/D-c123-t0"]
         for k in ["study.json", "layersets.json", "probes/sensitivity.json", "analysis/analysis.json",
                   "report/report.md", "report/results.json"] + [f"{t}/result.json" for t in trials]:
-            assert f"studies/tiny_mn/{k}" in keys, k
-        assert any(k.startswith("studies/tiny_mn/train/") for k in keys), "Ray Train checkpoints not in storage"
+            assert f"{prefix}/{k}" in keys, k
+        assert any(k.startswith(f"{prefix}/train/") for k in keys), "Ray Train checkpoints not in storage"
         recs = {t: store.read_json(f"{t}/result.json") for t in trials}
         assert store.read_json("report/results.json")
 
