@@ -34,6 +34,13 @@ def test_real_stages_tiny_study(ray_local, tmp_path):
     assert set(rec["eval"]) == {"arc_challenge", "mmlu"}
     assert (study / "base" / "eval" / "eval.json").is_file()
     assert (study / "report" / "report.md").is_file()
+    # Ray Train's checkpoints live in the study storage (a retry elsewhere resumes from there), not in the
+    # trial's node scratch; the trial's log is kept there too; the workers and the evaluation say where they ran.
+    assert list((study / "train").glob("A-t0-finetune/checkpoint_*"))
+    assert list((study / "logs" / "trials" / "A-t0").glob("*.log"))
+    acc = rec["accelerators"]
+    assert [w["rank"] for w in acc["finetune"]] == [0] and acc["finetune"][0]["node_id"] == acc["eval"]["node_id"]
+    assert acc["finetune"][0]["gpu_ids"] == [] and rec["attempt"] == 1
     kids = mlflow_children(cfg.tracking_uri, (study / "mlflow_run_id").read_text().strip())
     names = {k.info.run_name for k in kids}
     assert {"base", "A-t0"} <= names
