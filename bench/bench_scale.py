@@ -49,11 +49,12 @@ TRAIN_SEEDS = 4
 class MemorySampler(threading.Thread):
     """Peak RSS of this process and lowest available system memory, sampled every ``interval`` s."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.25, abort_below_gb: float = 0.0):
         super().__init__(daemon=True)
         import psutil
 
         self.proc, self.psutil, self.interval = psutil.Process(), psutil, interval
+        self.abort_below, self.aborted = abort_below_gb * 2**30, False
         self.peak_rss, self.min_avail = 0, float("inf")
         self._halt = threading.Event()
 
@@ -61,6 +62,11 @@ class MemorySampler(threading.Thread):
         while not self._halt.is_set():
             self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
             self.min_avail = min(self.min_avail, self.psutil.virtual_memory().available)
+            if self.min_avail < self.abort_below and not self.aborted:  # a shared machine: stop, don't OOM it
+                self.aborted = True
+                import _thread
+
+                _thread.interrupt_main()
             self._halt.wait(self.interval)
 
     def stop(self) -> None:
@@ -174,6 +180,8 @@ def main() -> None:
     ap.add_argument("--gpus-per-worker", type=float, default=1)
     ap.add_argument("--gpus-per-eval", type=float, default=2)
     ap.add_argument("--tracking", choices=("server", "sqlite"), default="server")
+    ap.add_argument("--abort-below-gb", type=float, default=1.5,
+                    help="stop the run when the machine's available memory falls below this")
     args = ap.parse_args()
     if args.trials % TRAIN_SEEDS:
         sys.exit(f"bench_scale: --trials must be a multiple of {TRAIN_SEEDS}")
@@ -187,8 +195,7 @@ def main() -> None:
         (tmp / "token").write_text(secrets.token_hex(32))
         (tmp / "token").chmod(0o600)
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp / "token"))
-    mem = MemorySampler()
-    mem.start()
+    mem = MemorySampler(abort_below_gb=args.abort_below_gb)
     load0 = os.getloadavg()[0]
 
     from ray import cloudpickle
@@ -211,7 +218,12 @@ def main() -> None:
     _timed_run_trials(box)
     t1 = time.time()
     try:
+        mem.start()
         out = run_study(cfg, str(tmp / "study"), stages=fakes.stages(), echo=False)
+    except BaseException:
+        if mem.aborted:  # Tune may turn the interrupt into an incomplete study: say why it stopped
+            sys.exit(f"bench_scale: stopped, available memory fell below {args.abort_below_gb} GB")
+        raise
     finally:
         study_s = time.time() - t1
         shutdown_ray()
