@@ -14,7 +14,9 @@ def test_garfa_rotary_matches_vllm_at_alpha_one_and_naive_formula_otherwise(vllm
     res = run_in_vllm_venv(vllm_py, Path(__file__).with_name("rotary_check.py"))
     assert res["default"]["scaled"] is False and res["llama3"]["scaled"] is True  # the llama3 table is really scaled
     reg = res.pop("registry")  # the entry point registered every GARFA twin, as a LoRA-capable vLLM subclass
-    assert set(reg) == {"GarfaLlamaForCausalLM", "GarfaQwen2ForCausalLM", "GarfaMistralForCausalLM"}
+    assert set(reg) == {"GarfaLlamaForCausalLM", "GarfaQwen2ForCausalLM", "GarfaMistralForCausalLM",
+                        "GarfaQwen3ForCausalLM", "GarfaQwen3MoeForCausalLM", "GarfaGemma2ForCausalLM",
+                        "GarfaGemma3ForCausalLM", "GarfaPhi3ForCausalLM"}  # docs/MODELS.md
     assert all(r["subclass_of_vllm_model"] and r["supports_lora"] for r in reg.values()), reg
     for name, r in res.items():
         # alpha = 1: bit-identical to vLLM's own CPU kernel, for queries and keys

@@ -2,7 +2,8 @@
 
 vLLM runs ``register()`` in every process it starts (the front end, the engine core, each worker) because
 ``pyproject.toml`` declares it under ``[project.entry-points."vllm.general_plugins"]``. It registers, for each
-supported family, an out-of-tree architecture ``Garfa<Arch>`` (e.g. ``GarfaLlamaForCausalLM``) that is vLLM's
+supported family (Llama, Qwen2, Mistral, Qwen3, Qwen3-MoE, Gemma 2, Gemma 3 text, Phi-3), an out-of-tree
+architecture ``Garfa<Arch>`` (e.g. ``GarfaLlamaForCausalLM``) that is vLLM's
 own model class plus GARFA key rotation in the layers of the adapter's ``garfa.json``.
 
 How the engine learns where the GARFA files are: ``hf_overrides`` (see :func:`garfa_hf_overrides`) sets
@@ -28,6 +29,8 @@ GARFA_ARCHS: dict[str, tuple[str, str]] = {
     "Qwen2ForCausalLM": ("GarfaQwen2ForCausalLM", "coloc_ray.evaluation.vllm_plugin.models:GarfaQwen2ForCausalLM"),
     "MistralForCausalLM": ("GarfaMistralForCausalLM",
                            "coloc_ray.evaluation.vllm_plugin.models:GarfaMistralForCausalLM"),
+    **{arch: (f"Garfa{arch}", f"coloc_ray.evaluation.vllm_plugin.models:Garfa{arch}") for arch in (
+        "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM")},
 }
 CONFIG_KEY = "garfa_path"  # the HF-config field (set through hf_overrides) that names the GARFA directory
 
