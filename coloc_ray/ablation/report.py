@@ -32,7 +32,7 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
     """analysis.json (recomputed from the probes if absent) and the two probe figures."""
     from coloc_ray.analysis.colocalization import analyze
     from coloc_ray.analysis.plots import plot_profiles, plot_rank_scatter
-    from coloc_ray.analysis.run import band, sensitivity_uncertainty
+    from coloc_ray.analysis.run import band, embedding_reference, sensitivity_uncertainty
     from coloc_ray.errors import UserError
 
     sens = sr.read_json_checked(study_dir / "probes" / "sensitivity.json", problems, "sensitivity probe")
@@ -52,10 +52,13 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
             unc = sensitivity_uncertainty(sens, int(ana["top_k"]))
             if unc is not None:
                 ana["sensitivity_uncertainty"] = unc
+        if ana and sens and "embedding_reference" not in ana and embedding_reference(sens) is not None:
+            ana["embedding_reference"] = embedding_reference(sens)
         if ana and sens and rope:
             plot_profiles(sens["scores"], rope["scores"], ana["sensitive_layers"], ana["rope_layers"],
                           out / "profiles.png", title=f"{sens.get('model') or ''}",
-                          sens_band=band(ana.get("sensitivity_uncertainty")), rope_interpolated=interp)
+                          sens_band=band(ana.get("sensitivity_uncertainty")), rope_interpolated=interp,
+                          sens_reference=(ana.get("embedding_reference") or {}).get("score"))
             plot_rank_scatter(sens["scores"], rope["scores"], out / "rank_scatter.png",
                               spearman_r=ana["spearman_r"])
     except (UserError, KeyError, TypeError) as e:
@@ -429,7 +432,10 @@ def _md_coloc(res: dict) -> list[str]:
                ["depth-surrogate p (phase-randomized, keeps autocorrelation; the depth control)",
                 _p(a.get("depth_surrogate_p"))],
                ["circular-shift p (not a depth control: floor 1/L for trending profiles)",
-                f"{a['circular_shift_p']:.3g}"]]), ""]
+                f"{a['circular_shift_p']:.3g}"],
+               *([["embedding-output distance S_emb (reference: token identity alone; layers with S ≤ S_emb)",
+                   f"{a['embedding_reference']['score']:.4g} ({a['embedding_reference']['layers_at_or_below']})"]]
+                 if a.get("embedding_reference") else [])]), ""]
     u = a.get("sensitivity_uncertainty")
     if u:
         from coloc_ray.analysis.probe_uncertainty import describe

@@ -29,7 +29,8 @@ def _minmax(v: Sequence[float]) -> np.ndarray:
 def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers: Sequence[int],
                   rope_layers: Sequence[int], path: str | Path, title: str = "",
                   sens_band: tuple[Sequence[float], Sequence[float]] | None = None,
-                  rope_interpolated: Sequence[int] = ()) -> Path:
+                  rope_interpolated: Sequence[int] = (), sens_reference: float | None = None,
+                  rope_band: tuple[Sequence[float], Sequence[float]] | None = None) -> Path:
     """Both profiles against depth, each min-max normalized, with their top-k layers marked.
 
     Args:
@@ -42,6 +43,9 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
         sens_band: (low, high) per layer of S (bootstrap over pairs), drawn as a shaded band on the
             same normalization as S.
         rope_interpolated: layers whose I was interpolated, not measured (hollow markers).
+        sens_reference: the embedding-output distance S_emb (sensitivity.json ``embedding.score``), drawn as
+            a horizontal line on S's normalization: the part of S that is token identity alone.
+        rope_band: (low, high) per layer of I (bootstrap over texts), shaded on I's normalization.
 
     Returns:
         The written path.
@@ -56,7 +60,18 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
         lo, span = raw.min(), (raw.max() - raw.min()) or 1.0
         ax.fill_between(layers, (np.asarray(sens_band[0]) - lo) / span, (np.asarray(sens_band[1]) - lo) / span,
                         color=SENS_COLOR, alpha=0.18, lw=0, label="S 95 % band (bootstrap over pairs)")
+    lo_y, hi_y = -0.05, 1.12
+    if sens_reference is not None:
+        raw = np.asarray(sens, dtype=np.float64)
+        y = (float(sens_reference) - raw.min()) / ((raw.max() - raw.min()) or 1.0)
+        ax.axhline(y, color=SENS_COLOR, ls="--", lw=1, alpha=0.8, label="embedding output (S scale)")
+        lo_y, hi_y = min(lo_y, y - 0.05), max(hi_y, y + 0.08)
     ax.plot(layers, r, "-", color=ROPE_COLOR, lw=1.6, label="RoPE influence I (normalized)")
+    if rope_band is not None:
+        raw = np.asarray(rope, dtype=np.float64)
+        lo, span = raw.min(), (raw.max() - raw.min()) or 1.0
+        ax.fill_between(layers, (np.asarray(rope_band[0]) - lo) / span, (np.asarray(rope_band[1]) - lo) / span,
+                        color=ROPE_COLOR, alpha=0.15, lw=0, label="I 95 % band (bootstrap over texts)")
     if len(rope_interpolated):
         ri = list(rope_interpolated)
         ax.scatter(ri, r[ri], s=30, facecolors="white", edgecolors=ROPE_COLOR, zorder=4, label="I interpolated")
@@ -69,7 +84,9 @@ def plot_profiles(sens: Sequence[float], rope: Sequence[float], sensitive_layers
     ax.set_xlabel("layer (depth)")
     ax.set_ylabel("min-max normalized score")
     ax.set_xlim(-0.5, s.size - 0.5)
-    ax.set_ylim(-0.05 if sens_band is None else min(-0.05, float(ax.get_ylim()[0])), 1.12)
+    bands = sens_band is not None or rope_band is not None
+    ax.set_ylim(lo_y if not bands else min(lo_y, float(ax.get_ylim()[0])),
+                hi_y if not bands else max(hi_y, float(ax.get_ylim()[1])))
     step = max(1, s.size // 16)
     ax.set_xticks(layers[::step])
     ax.grid(alpha=0.25)

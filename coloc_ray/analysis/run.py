@@ -84,6 +84,9 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
     result = analyze(sens["scores"], rp["scores"], top_k=k, n_perm=n_perm, seed=seed, exclude=interp)
     result["model"] = sens.get("model") or rp.get("model")
     result["rope_interpolated_layers"] = interp
+    emb = embedding_reference(sens)
+    if emb is not None:
+        result["embedding_reference"] = emb
     unc = sensitivity_uncertainty(sens, k)
     if unc is not None:
         result["sensitivity_uncertainty"] = unc
@@ -98,7 +101,8 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
             write_json(stage / ANALYSIS_FILE, result)
             title = f"{result['model'] or 'model'}: {result['num_layers']} layers, top-{k}"
             plot_profiles(sens["scores"], rp["scores"], result["sensitive_layers"], result["rope_layers"],
-                          stage / PROFILES_PNG, title=title, sens_band=band(unc), rope_interpolated=interp)
+                          stage / PROFILES_PNG, title=title, sens_band=band(unc), rope_interpolated=interp,
+                          sens_reference=(emb or {}).get("score"))
             plot_rank_scatter(sens["scores"], rp["scores"], stage / RANK_PNG,
                               spearman_r=result["spearman_r"], title=title)
         if run is not None:
@@ -121,6 +125,16 @@ def sensitivity_uncertainty(sens: Mapping, top_k: int) -> dict | None:
     if not isinstance(per_pair, Mapping) or len(per_pair) < 2:
         return None
     return sensitivity_bootstrap(per_pair, sens.get("pair_domains"), top_k)
+
+
+def embedding_reference(sens: Mapping) -> dict | None:
+    """``{"score": S_emb, "layers_at_or_below": [l with S_l <= S_emb]}`` from a sensitivity record's
+    ``embedding`` row (None for a record without it): the layers whose S is no more than token identity."""
+    emb = sens.get("embedding")
+    if not isinstance(emb, Mapping) or not isinstance(emb.get("score"), (int, float)):
+        return None
+    s_emb = float(emb["score"])
+    return {"score": s_emb, "layers_at_or_below": [i for i, v in enumerate(sens["scores"]) if v <= s_emb]}
 
 
 def band(unc: dict | None):

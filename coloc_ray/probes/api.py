@@ -15,9 +15,9 @@ from typing import Sequence
 from coloc_ray.errors import UserError
 from coloc_ray.probes.evaltexts import resolve_eval_texts
 from coloc_ray.probes.pairs import MinimalPair, load_pairs
-from coloc_ray.probes.rope_influence import influence_profile, rope_layer_losses
+from coloc_ray.probes.rope_influence import influence_profile, per_text_record, rope_layer_losses
 from coloc_ray.probes.checks import check_num_workers, check_pooling, check_rope_args, check_top_k, model_ref
-from coloc_ray.probes.sensitivity import aggregate, pair_deltas, top_k_layers
+from coloc_ray.probes.sensitivity import aggregate, embedding_reference, probe_pairs, top_k_layers
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
         num_workers, address: see the module docstring.
 
     Returns:
-        ``model, num_layers, scores[L], per_domain{domain: [L]}, per_pair{id: [L]}, top_k, top_layers,
+        ``model, num_layers, scores[L], per_domain{domain: [L]}, per_pair{id: [L]}, embedding{score,
+        per_pair{id: float}} (the same distance on the input embeddings, before any block), top_k, top_layers,
         pooling, sink_multiple, pair_domains, num_pairs, num_workers, wall_s``.
     """
     check_pooling(pooling, sink_multiple)
@@ -63,15 +64,17 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
     t0 = time.time()
     if num_workers == 0:
         lm, workers = _loaded(model), 0
-        per_pair = pair_deltas(lm.model, lm.tokenizer, plist, pooling, sink_multiple)
+        got = probe_pairs(lm.model, lm.tokenizer, plist, pooling, sink_multiple)
     else:
         from coloc_ray.probes.distributed import sensitivity_on_ray
 
-        per_pair, workers = sensitivity_on_ray(ref, plist, pooling, sink_multiple, num_workers, address)
+        got, workers = sensitivity_on_ray(ref, plist, pooling, sink_multiple, num_workers, address)
+    per_pair = got["per_pair"]
     scores, per_domain = aggregate(plist, per_pair)
     return {
         "model": ref, "num_layers": num_layers, "scores": scores, "per_domain": per_domain,
-        "per_pair": {p.id: per_pair[p.id] for p in plist}, "top_k": top_k,
+        "per_pair": {p.id: per_pair[p.id] for p in plist},
+        "embedding": embedding_reference(plist, got["embedding"]), "top_k": top_k,
         "top_layers": top_k_layers(scores, top_k), "pooling": pooling, "sink_multiple": sink_multiple,
         "pair_domains": {p.id: p.domain for p in plist}, "num_pairs": len(plist), "num_workers": workers,
         "wall_s": round(time.time() - t0, 3),
@@ -94,7 +97,9 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
 
     Returns:
         ``model, num_layers, factors, base_loss, scores[L], interpolated[L], losses{factor: [L]}, layers,
-        naive, max_len, num_texts, num_tokens, num_workers, wall_s``.
+        naive, max_len, num_texts, num_tokens, per_text{base[N], num_tokens[N], losses{factor: {layer: [N]}}}
+        (per-text CE sums and target counts of the probed layers: the bootstrap over texts resamples them),
+        num_workers, wall_s``.
     """
     texts = resolve_eval_texts(eval_data, num_texts)
     ref, num_layers = model_ref(model)
@@ -113,5 +118,6 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
         "model": ref, "num_layers": num_layers, "factors": facs, "base_loss": raw["base_loss"],
         "scores": prof["scores"], "interpolated": prof["interpolated"], "losses": prof["losses"],
         "layers": lays, "naive": naive, "max_len": max_len, "num_texts": len(texts),
-        "num_tokens": raw["num_tokens"], "num_workers": workers, "wall_s": round(time.time() - t0, 3),
+        "num_tokens": raw["num_tokens"], "per_text": per_text_record(raw, facs, lays), "num_workers": workers,
+        "wall_s": round(time.time() - t0, 3),
     }

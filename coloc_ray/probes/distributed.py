@@ -33,13 +33,13 @@ def _load(model_ref: str):
 
 
 def sensitivity_task(model_ref: str, pairs: list[dict], pooling: str, sink_multiple: float, threads: int) -> dict:
-    """One shard of pairs -> ``{pair_id: [L deltas]}``."""
+    """One shard of pairs -> ``{"per_pair": {pair_id: [L deltas]}, "embedding": {pair_id: delta_emb}}``."""
     from coloc_ray.probes.pairs import MinimalPair
-    from coloc_ray.probes.sensitivity import pair_deltas
+    from coloc_ray.probes.sensitivity import probe_pairs
 
     _task_setup(threads)
     lm = _load(model_ref)
-    return pair_deltas(lm.model, lm.tokenizer, [MinimalPair(**p) for p in pairs], pooling, sink_multiple)
+    return probe_pairs(lm.model, lm.tokenizer, [MinimalPair(**p) for p in pairs], pooling, sink_multiple)
 
 
 def rope_task(model_ref: str, texts: list[str], factors: list[float], layers: list[int], naive: bool,
@@ -133,19 +133,20 @@ def run_shards(task: Callable, shard_args: list[tuple], describe: Callable[[int]
 
 
 def sensitivity_on_ray(model_ref: str, pairs: list, pooling: str, sink_multiple: float, num_workers: int | None,
-                       address: str | None = None) -> tuple[dict[str, list[float]], int]:
+                       address: str | None = None) -> tuple[dict, int]:
     """Per-pair deltas over ``num_workers`` Ray tasks (shards of pairs; None = one per CPU/GPU).
 
-    Returns ``(per_pair, number of workers used)``.
+    Returns ``({"per_pair": {id: [L]}, "embedding": {id: float}}, number of workers used)``.
     """
     with ray_session(address):
         n = _workers(num_workers)
         shards = split_even([p.to_dict() for p in pairs], n)
         args = [(model_ref, s, pooling, sink_multiple) for s in shards]
         parts = run_shards(sensitivity_task, args, lambda i: f"{len(shards[i])} pairs")
-    out: dict[str, list[float]] = {}
+    out: dict = {"per_pair": {}, "embedding": {}}
     for part in parts:
-        out.update(part)
+        out["per_pair"].update(part["per_pair"])
+        out["embedding"].update(part["embedding"])
     return out, n
 
 
@@ -160,8 +161,11 @@ def rope_on_ray(model_ref: str, texts: list[str], factors: list[float], layers: 
     base = [p["base_loss"] for p in parts]
     if max(base) - min(base) > 1e-6 * max(1.0, abs(base[0])):
         log.warning("rope probe: workers disagree on the base loss (%s); using the first", base)
-    losses = {f: {} for f in factors}
+    losses: dict = {f: {} for f in factors}
+    per_text = {"base": parts[0]["per_text"]["base"], "num_tokens": parts[0]["per_text"]["num_tokens"],
+                "losses": {f: {} for f in factors}}
     for part in parts:
         for f in factors:
             losses[f].update(part["losses"][f])
-    return {"base_loss": base[0], "losses": losses, "num_tokens": parts[0]["num_tokens"]}, n
+            per_text["losses"][f].update(part["per_text"]["losses"][f])
+    return {"base_loss": base[0], "losses": losses, "num_tokens": parts[0]["num_tokens"], "per_text": per_text}, n

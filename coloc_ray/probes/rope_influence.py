@@ -53,12 +53,20 @@ def scaled_position_embeddings(model, position_ids: torch.Tensor, factor: float,
 
 def loss_sums(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
     """(sum of next-token CE over real targets in fp64, number of those targets)."""
+    sums, counts = text_loss_sums(logits, input_ids, attention_mask)
+    return sum(sums), sum(counts)
+
+
+def text_loss_sums(logits: torch.Tensor, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor) -> tuple[list[float], list[int]]:
+    """Per text of the batch: (sums of next-token CE over its real targets in fp64, numbers of those targets)."""
     ids = input_ids.to(logits.device)
     m = attention_mask.to(logits.device).bool()
     valid = m[:, 1:] & m[:, :-1]
     ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                          reduction="none").reshape(valid.shape)
-    return float(ce.double()[valid].sum()), int(valid.sum())
+    sums = ce.double().masked_fill(~valid, 0.0).sum(dim=1)
+    return [float(v) for v in sums.cpu()], [int(v) for v in valid.sum(dim=1).cpu()]
 
 
 def _block_out(out):
@@ -66,7 +74,7 @@ def _block_out(out):
 
 
 def capture_block_inputs(model, input_ids, attention_mask):
-    """Base forward recording every block's input; returns ``(inputs[L], kwargs[L], base loss sums)``."""
+    """Base forward recording every block's input; returns ``(inputs[L], kwargs[L], base per-text loss sums)``."""
     base = unwrap_model(model)
     layers = decoder_layers(base)
     inputs: list = [None] * len(layers)
@@ -85,7 +93,7 @@ def capture_block_inputs(model, input_ids, attention_mask):
     finally:
         for h in handles:
             h.remove()
-    return inputs, kwargs, loss_sums(logits, input_ids, attention_mask)
+    return inputs, kwargs, text_loss_sums(logits, input_ids, attention_mask)
 
 
 def _swap(kw: dict, model, layer: int, factor: float, dtype) -> dict:
@@ -94,7 +102,8 @@ def _swap(kw: dict, model, layer: int, factor: float, dtype) -> dict:
 
 
 def cached_tail_loss(model, inputs, kwargs, layer: int, factor: float, input_ids, attention_mask):
-    """Loss sums with layer ``layer`` scaled by ``factor``, recomputing only blocks layer..L-1 + norm + head."""
+    """Per-text loss sums (``text_loss_sums``) with layer ``layer`` scaled by ``factor``, recomputing only
+    blocks layer..L-1 + norm + head."""
     base = unwrap_model(model)
     layers = decoder_layers(base)
     h = inputs[layer]
@@ -103,11 +112,11 @@ def cached_tail_loss(model, inputs, kwargs, layer: int, factor: float, input_ids
             kw = _swap(kwargs[j], base, layer, factor, h.dtype) if j == layer else kwargs[j]
             h = _block_out(layers[j](h, **kw))
         logits = final_logits(base, h)  # norm, head and the family's soft-capping (Gemma 2)
-    return loss_sums(logits, input_ids, attention_mask)
+    return text_loss_sums(logits, input_ids, attention_mask)
 
 
 def naive_loss(model, input_ids, attention_mask, layer: int, factor: float):
-    """Loss sums from a full forward with only layer ``layer``'s position embeddings swapped (pre-hook)."""
+    """Per-text loss sums from a full forward with only layer ``layer``'s position embeddings swapped (pre-hook)."""
     base = unwrap_model(model)
 
     def hook(_mod, args, kw):
@@ -120,29 +129,36 @@ def naive_loss(model, input_ids, attention_mask, layer: int, factor: float):
             logits = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     finally:
         handle.remove()
-    return loss_sums(logits, input_ids, attention_mask)
+    return text_loss_sums(logits, input_ids, attention_mask)
 
 
 def rope_layer_losses(model, tokenizer, texts: Sequence[str], factors: Sequence[float], layers: Sequence[int],
                       naive: bool = False, max_len: int = 512, batch_size: int = 4) -> dict:
     """L_base and L_{l,f} for each probed layer and factor over ``texts`` (truncated to ``max_len`` tokens).
 
+    Every loss is the sum over texts (in text order) of the per-text CE sums divided by the number of
+    targets, so ``per_text`` recomputes it bit for bit and a bootstrap over texts can resample it.
+
     Returns:
-        ``{"base_loss": float, "losses": {factor: {layer: float}}, "num_tokens": int}``.
+        ``{"base_loss": float, "losses": {factor: {layer: float}}, "num_tokens": int, "per_text":
+        {"base": [sum per text], "num_tokens": [targets per text], "losses": {factor: {layer: [sum per text]}}}}``.
     """
     base = unwrap_model(model)
     dev = next(base.parameters()).device
-    sums = {(f, l): 0.0 for f in factors for l in layers}
-    base_sum, count, t0 = 0.0, 0, time.time()
+    sums: dict = {(f, l): [] for f in factors for l in layers}
+    base_sums: list[float] = []
+    counts: list[int] = []
+    t0 = time.time()
     for b in range(0, len(texts), batch_size):
         enc = tokenize_right(tokenizer, texts[b:b + batch_size], max_len=max_len)
         ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
         if naive:
             with torch.no_grad():
-                (s, n) = loss_sums(base(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+                (s, n) = text_loss_sums(base(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids, mask)
         else:
             inputs, kwargs, (s, n) = capture_block_inputs(base, ids, mask)
-        base_sum, count = base_sum + s, count + n
+        base_sums += s
+        counts += n
         last = min(b + batch_size, len(texts))
         for l in layers:
             for f in factors:
@@ -152,15 +168,26 @@ def rope_layer_losses(model, tokenizer, texts: Sequence[str], factors: Sequence[
                     sums[(f, l)] += cached_tail_loss(base, inputs, kwargs, l, f, ids, mask)[0]
             log.info("rope probe: layer %d done on texts %d-%d of %d (%.1f s)", l, b + 1, last, len(texts),
                      time.time() - t0)
+    count = sum(counts)
     if count == 0:
         raise UserError("eval texts: no text has 2 or more tokens, so there is no next-token loss; use longer texts")
-    losses = {f: {l: sums[(f, l)] / count for l in layers} for f in factors}
-    return {"base_loss": base_sum / count, "losses": losses, "num_tokens": count}
+    losses = {f: {l: sum(sums[(f, l)]) / count for l in layers} for f in factors}
+    per_text = {"base": base_sums, "num_tokens": counts,
+                "losses": {f: {l: sums[(f, l)] for l in layers} for f in factors}}
+    return {"base_loss": sum(base_sums) / count, "losses": losses, "num_tokens": count, "per_text": per_text}
 
 
 def factor_key(f: float) -> str:
     """JSON key of a factor: ``2.0`` -> ``"2.0"``."""
     return repr(float(f))
+
+
+def per_text_record(raw: dict, factors: Sequence[float], layers: Sequence[int]) -> dict:
+    """``rope_layer_losses``'s ``per_text`` in JSON form: ``{"base": [N], "num_tokens": [N],
+    "losses": {factor_key: {str(layer): [N]}}}`` over the probed layers (interpolated ones have none)."""
+    pt = raw["per_text"]
+    return {"base": list(pt["base"]), "num_tokens": list(pt["num_tokens"]),
+            "losses": {factor_key(f): {str(l): list(pt["losses"][f][l]) for l in sorted(layers)} for f in factors}}
 
 
 def influence_profile(raw: dict, factors: Sequence[float], layers: Sequence[int], num_layers: int) -> dict:

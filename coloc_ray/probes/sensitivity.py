@@ -3,7 +3,8 @@
 h_l(x) is the output of decoder block l (the residual stream after block l, before the final norm), read
 with forward hooks (``output_hidden_states`` would hand back the post-norm state for the last layer),
 pooled over the non-padding tokens in fp64. delta_l = 1 - cos(h_l(x+), h_l(x-));
-S_l = mean over domains of the per-domain mean of delta_l.
+S_l = mean over domains of the per-domain mean of delta_l. The same distance on the input embedding
+lookup (before any block) is the reference row ``embedding``: how much of S_l is token identity.
 """
 
 from __future__ import annotations
@@ -110,6 +111,44 @@ def pair_deltas(model, tokenizer, pairs: Sequence[MinimalPair], pooling: str = "
         for p, row in zip(chunk, deltas):
             out[p.id] = [float(v) for v in row]
     return out
+
+
+def embedding_deltas(model, tokenizer, pairs: Sequence[MinimalPair], pooling: str = "mean",
+                     sink_multiple: float = 10.0, batch_pairs: int = 8) -> dict[str, float]:
+    """The embedding-output reference: ``{pair_id: 1 - cos(pool(e(x+)), pool(e(x-)))}``.
+
+    ``e`` is the input embedding lookup (before any block), pooled with the layers' pooling. Gemma
+    multiplies it by a per-model constant before block 0; cosine distance and the ``mean-nosink`` norm
+    rule are scale-invariant, so the lookup gives block 0's input distance for every family. It says how
+    much of a layer's S is token identity alone.
+    """
+    check_pooling(pooling, sink_multiple)
+    emb = unwrap_model(model).get_input_embeddings()
+    dev = emb.weight.device
+    out: dict[str, float] = {}
+    for start in range(0, len(pairs), batch_pairs):
+        chunk = list(pairs[start:start + batch_pairs])
+        enc = tokenize_right(tokenizer, [p.correct for p in chunk] + [p.incorrect for p in chunk])
+        with torch.no_grad():
+            e = emb(enc["input_ids"].to(dev))
+        pooled = pool(e, enc["attention_mask"], pooling, sink_multiple)
+        n = len(chunk)
+        for p, v in zip(chunk, cosine_distance(pooled[:n], pooled[n:]).cpu()):
+            out[p.id] = float(v)
+    return out
+
+
+def probe_pairs(model, tokenizer, pairs: Sequence[MinimalPair], pooling: str = "mean",
+                sink_multiple: float = 10.0) -> dict:
+    """What one worker computes: ``{"per_pair": pair_deltas(...), "embedding": embedding_deltas(...)}``."""
+    return {"per_pair": pair_deltas(model, tokenizer, pairs, pooling, sink_multiple),
+            "embedding": embedding_deltas(model, tokenizer, pairs, pooling, sink_multiple)}
+
+
+def embedding_reference(pairs: Sequence[MinimalPair], per_pair: dict[str, float]) -> dict:
+    """``{"score": S_emb, "per_pair": {id: delta_emb}}``, S_emb aggregated over domains as the layers' S."""
+    scores, _ = aggregate(pairs, {p.id: [per_pair[p.id]] for p in pairs})
+    return {"score": scores[0], "per_pair": {p.id: per_pair[p.id] for p in pairs}}
 
 
 def aggregate(pairs: Sequence[MinimalPair], per_pair: dict[str, list[float]]) -> tuple[list[float], dict]:

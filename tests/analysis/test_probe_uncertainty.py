@@ -53,3 +53,35 @@ def test_clear_profile_is_stable_and_flat_profile_is_flagged():
     flat = sensitivity_bootstrap(*_probe(rng, noise=0.5, sep=0.0), top_k=4, n_boot=500)
     assert flat["unstable"] and flat["stability_jaccard"] < 0.7
     assert "UNSTABLE" in describe(flat)
+
+
+def _records(rng, n_layers=12):
+    per_pair, domains = _probe(rng, n_layers=n_layers, noise=0.2)
+    scores = np.mean([np.mean([per_pair[p] for p in per_pair if domains[p] == d], axis=0)
+                      for d in sorted(set(domains.values()))], axis=0)
+    sens = {"model": "m", "num_layers": n_layers, "scores": scores.tolist(), "per_pair": per_pair,
+            "pair_domains": domains, "top_k": 4,
+            "embedding": {"score": float(scores[3]) + 1e-9, "per_pair": {p: 0.1 for p in per_pair}}}
+    rope = {"model": "m", "num_layers": n_layers, "scores": rng.uniform(0, 1, n_layers).tolist(),
+            "interpolated": [False] * n_layers}
+    return sens, rope
+
+
+def test_analysis_and_report_carry_the_embedding_reference(tmp_path):
+    from coloc_ray.ablation.report import _md_coloc
+    from coloc_ray.analysis.run import run_analysis
+
+    sens, rope = _records(np.random.default_rng(3))
+    res = run_analysis(sens, rope, top_k=4, out_dir=tmp_path, n_perm=200)
+    ref = res["embedding_reference"]
+    s = np.asarray(sens["scores"])
+    assert ref["score"] == sens["embedding"]["score"]
+    assert ref["layers_at_or_below"] == [i for i in range(12) if s[i] <= s[3] + 1e-9] and 3 in ref["layers_at_or_below"]
+    assert (tmp_path / "profiles.png").read_bytes()[:4] == b"\x89PNG"
+    md = "\n".join(_md_coloc({"colocalization": res, "figures": []}))
+    assert f"| {ref['score']:.4g} ({ref['layers_at_or_below']}) |" in md and "embedding-output distance" in md
+    # a record from before the embedding row: no row, no error
+    old = {k: v for k, v in sens.items() if k != "embedding"}
+    res_old = run_analysis(old, rope, top_k=4, out_dir=tmp_path / "old", n_perm=200)
+    assert "embedding_reference" not in res_old
+    assert "embedding-output" not in "\n".join(_md_coloc({"colocalization": res_old, "figures": []}))

@@ -31,6 +31,12 @@ def test_sensitivity_same_with_1_and_2_workers(ray_local):
         np.testing.assert_allclose(res["scores"], local["scores"], rtol=1e-6)
         for pid, row in local["per_pair"].items():
             np.testing.assert_allclose(res["per_pair"][pid], row, rtol=1e-5, atol=1e-10)
+        # the embedding reference row comes back from the same tasks, equal to the in-process one
+        assert list(res["embedding"]["per_pair"]) == list(local["embedding"]["per_pair"])
+        for pid, v in local["embedding"]["per_pair"].items():
+            assert res["embedding"]["per_pair"][pid] == pytest.approx(v, rel=1e-6, abs=1e-12)
+        assert res["embedding"]["score"] == pytest.approx(local["embedding"]["score"], rel=1e-6)
+    assert local["embedding"]["score"] > 0
     assert one["top_layers"] == two["top_layers"] == local["top_layers"]
 
 

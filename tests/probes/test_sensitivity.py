@@ -114,3 +114,39 @@ def test_shipped_pairs_on_tiny_give_one_score_per_layer(tiny):
 def test_unknown_pooling_is_a_user_error(tiny):
     with pytest.raises(UserError, match="--pooling 'max'"):
         pair_deltas(tiny.model, tiny.tokenizer, [PAIR], "max")
+
+
+def test_embedding_reference_matches_hf_hidden_states_zero(tiny):
+    """delta_emb against HF's own hidden_states[0] (the embedding output) of each unpadded text, pooled by hand."""
+    from coloc_ray.probes.sensitivity import embedding_deltas, embedding_reference
+
+    def h0(text):
+        ids = torch.tensor([tiny.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            return tiny.model(input_ids=ids, output_hidden_states=True).hidden_states[0][0].double().numpy()
+
+    pairs = [PAIR, LONG]
+    for pooling, red in (("mean", lambda a: a.mean(0)), ("last", lambda a: a[-1])):
+        got = embedding_deltas(tiny.model, tiny.tokenizer, pairs, pooling)
+        for p in pairs:
+            want = _np_delta(red(h0(p.correct)), red(h0(p.incorrect)))
+            assert want > 1e-6 or pooling == "last"  # these pairs end on the same token
+            assert got[p.id] == pytest.approx(want, rel=1e-6, abs=1e-12)
+    two_domains = [PAIR, MinimalPair("k", "knowledge", "Paris is in France.", "Paris is in Spain.")]
+    ref = embedding_reference(two_domains, embedding_deltas(tiny.model, tiny.tokenizer, two_domains, "mean"))
+    assert ref["score"] == pytest.approx(np.mean(list(ref["per_pair"].values())))  # one pair per domain
+
+
+def test_run_sensitivity_carries_the_embedding_row(tiny):
+    from coloc_ray.probes.api import run_sensitivity
+
+    pairs = load_pairs(None)
+    res = run_sensitivity(tiny, pairs=pairs, pooling="mean", top_k=2, num_workers=0)
+    assert len(res["scores"]) == 4 and all(len(v) == 4 for v in res["per_pair"].values())
+    emb = res["embedding"]
+    assert set(emb["per_pair"]) == set(res["per_pair"])
+    by_dom = {}
+    for p in pairs:
+        by_dom.setdefault(p.domain, []).append(emb["per_pair"][p.id])
+    assert emb["score"] == pytest.approx(np.mean([np.mean(v) for v in by_dom.values()]))
+    assert emb["score"] > 0
