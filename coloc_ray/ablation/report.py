@@ -32,7 +32,7 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
     """analysis.json (recomputed from the probes if absent) and the two probe figures."""
     from coloc_ray.analysis.colocalization import analyze
     from coloc_ray.analysis.plots import plot_profiles, plot_rank_scatter
-    from coloc_ray.analysis.run import band, embedding_reference, sensitivity_uncertainty
+    from coloc_ray.analysis.run import band, embedding_reference, rope_uncertainty, sensitivity_uncertainty
     from coloc_ray.errors import UserError
 
     sens = sr.read_json_checked(study_dir / "probes" / "sensitivity.json", problems, "sensitivity probe")
@@ -52,13 +52,18 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
             unc = sensitivity_uncertainty(sens, int(ana["top_k"]))
             if unc is not None:
                 ana["sensitivity_uncertainty"] = unc
+        if ana and rope and "rope_uncertainty" not in ana:
+            runc = rope_uncertainty(rope, int(ana["top_k"]))  # bootstrap over texts (None: no per_text)
+            if runc is not None:
+                ana["rope_uncertainty"] = runc
         if ana and sens and "embedding_reference" not in ana and embedding_reference(sens) is not None:
             ana["embedding_reference"] = embedding_reference(sens)
         if ana and sens and rope:
             plot_profiles(sens["scores"], rope["scores"], ana["sensitive_layers"], ana["rope_layers"],
                           out / "profiles.png", title=f"{sens.get('model') or ''}",
                           sens_band=band(ana.get("sensitivity_uncertainty")), rope_interpolated=interp,
-                          sens_reference=(ana.get("embedding_reference") or {}).get("score"))
+                          sens_reference=(ana.get("embedding_reference") or {}).get("score"),
+                          rope_band=band(ana.get("rope_uncertainty")))
             plot_rank_scatter(sens["scores"], rope["scores"], out / "rank_scatter.png",
                               spearman_r=ana["spearman_r"])
     except (UserError, KeyError, TypeError) as e:
@@ -443,6 +448,13 @@ def _md_coloc(res: dict) -> list[str]:
         flag = "**Warning: unstable S.** " if u["unstable"] else ""
         p_in = ", ".join(f"{i}: {u['p_in_top_k'][i]:.2f}" for i in u["chosen"])
         out += [f"{flag}{describe(u)} P(layer in top-{a['top_k']}) for the chosen layers: {p_in}.", ""]
+    ru = a.get("rope_uncertainty")
+    if ru:
+        from coloc_ray.analysis.probe_uncertainty import describe_rope
+
+        p_in = ", ".join(f"{i}: {ru['p_in_top_k'][i]:.2f}" for i in ru["chosen"])
+        out += [f"{describe_rope(ru)} P(layer in the RoPE top-{len(ru['chosen'])}) for the chosen layers: {p_in}.",
+                ""]
     if a.get("excluded_layers"):
         out += [f"Interpolated RoPE layers {a['excluded_layers']} are left out of every statistic.", ""]
     if a.get("interpretation"):

@@ -73,7 +73,7 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
     """
     from coloc_ray.analysis.colocalization import analyze
     from coloc_ray.analysis.plots import plot_profiles, plot_rank_scatter
-    from coloc_ray.analysis.probe_uncertainty import describe
+    from coloc_ray.analysis.probe_uncertainty import describe, describe_rope
     from coloc_ray.io import staged_output, write_json
 
     sens = check_probe(sensitivity, "sensitivity")
@@ -93,6 +93,10 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
         result["interpretation"] += " " + describe(unc)
         if unc["unstable"]:
             log.warning("analysis: %s Consider more pairs before training arms on S.", describe(unc))
+    runc = rope_uncertainty(rp, k)
+    if runc is not None:
+        result["rope_uncertainty"] = runc
+        result["interpretation"] += " " + describe_rope(runc)
     run = _open_run(tracker)
     result["mlflow_run_id"] = run.run_id if run is not None else None
     out = Path(out_dir)
@@ -102,7 +106,7 @@ def run_analysis(sensitivity: dict, rope: dict, top_k: int | None, out_dir: str 
             title = f"{result['model'] or 'model'}: {result['num_layers']} layers, top-{k}"
             plot_profiles(sens["scores"], rp["scores"], result["sensitive_layers"], result["rope_layers"],
                           stage / PROFILES_PNG, title=title, sens_band=band(unc), rope_interpolated=interp,
-                          sens_reference=(emb or {}).get("score"))
+                          sens_reference=(emb or {}).get("score"), rope_band=band(runc))
             plot_rank_scatter(sens["scores"], rp["scores"], stage / RANK_PNG,
                               spearman_r=result["spearman_r"], title=title)
         if run is not None:
@@ -137,8 +141,22 @@ def embedding_reference(sens: Mapping) -> dict | None:
     return {"score": s_emb, "layers_at_or_below": [i for i, v in enumerate(sens["scores"]) if v <= s_emb]}
 
 
+def rope_uncertainty(rope: Mapping, top_k: int) -> dict | None:
+    """The bootstrap over texts of a RoPE-influence record (None for a record without ``per_text``)."""
+    from coloc_ray.analysis.probe_uncertainty import rope_bootstrap
+
+    per_text = rope.get("per_text")
+    if not isinstance(per_text, Mapping) or len(per_text.get("base") or []) < 2:
+        return None
+    return rope_bootstrap(per_text, len(rope["scores"]), top_k)
+
+
 def band(unc: dict | None):
-    return (unc["band_low"], unc["band_high"]) if unc else None
+    """(low, high) per layer for the profile plot; None (a layer not probed) becomes NaN (no shading)."""
+    if not unc:
+        return None
+    nan = lambda v: [float("nan") if x is None else x for x in v]  # noqa: E731
+    return nan(unc["band_low"]), nan(unc["band_high"])
 
 
 def _open_run(tracker):

@@ -85,3 +85,73 @@ def test_analysis_and_report_carry_the_embedding_reference(tmp_path):
     res_old = run_analysis(old, rope, top_k=4, out_dir=tmp_path / "old", n_perm=200)
     assert "embedding_reference" not in res_old
     assert "embedding-output" not in "\n".join(_md_coloc({"colocalization": res_old, "figures": []}))
+
+
+def _per_text(rng, n_texts=16, probed=(0, 1, 2, 4, 5, 6, 7), noise=0.02, sep=0.5, factors=("2.0", "0.5")):
+    """Synthetic per-text CE sums: layer l moves the loss by sep * l / 7 (plus per-text noise)."""
+    counts = rng.integers(20, 200, n_texts)
+    base_mean = rng.uniform(2.0, 3.0, n_texts)
+    pt = {"base": (base_mean * counts).tolist(), "num_tokens": counts.tolist(), "losses": {}}
+    for f in factors:
+        pt["losses"][f] = {str(l): ((base_mean + sep * l / 7 + rng.normal(0, noise, n_texts)) * counts).tolist()
+                           for l in probed}
+    return pt
+
+
+def test_rope_bootstrap_against_direct_numpy_loop():
+    from coloc_ray.analysis.probe_uncertainty import rope_bootstrap
+
+    rng = np.random.default_rng(0)
+    pt = _per_text(rng, noise=0.3, sep=0.05)
+    u = rope_bootstrap(pt, num_layers=8, top_k=3, n_boot=300, seed=7)
+    probed = [0, 1, 2, 4, 5, 6, 7]  # layer 3 was interpolated: it has no per-text sums
+    base, cnt = np.array(pt["base"]), np.array(pt["num_tokens"])
+
+    def infl(ix):
+        lb = base[ix].sum() / cnt[ix].sum()
+        return np.array([np.mean([abs(np.sum(np.array(pt["losses"][f][str(l)])[ix]) / cnt[ix].sum() - lb)
+                                  for f in ("2.0", "0.5")]) for l in probed])
+
+    point = infl(np.arange(16))
+    draws = np.random.default_rng(7).integers(0, 16, size=(300, 16))
+    boots = np.array([infl(d) for d in draws])
+    chosen = sorted(sorted(range(7), key=lambda i: (-point[i], i))[:3])
+    member, jac = np.zeros(7), []
+    for s in boots:
+        top = set(sorted(range(7), key=lambda i: (-s[i], i))[:3])
+        jac.append(len(top & set(chosen)) / len(top | set(chosen)))
+        for i in top:
+            member[i] += 1
+    assert u["layers"] == probed and u["chosen"] == [probed[i] for i in chosen]
+    for key, want in (("scores", point), ("band_low", np.percentile(boots, 2.5, axis=0)),
+                      ("band_high", np.percentile(boots, 97.5, axis=0)), ("p_in_top_k", member / 300)):
+        assert u[key][3] is None, key  # the interpolated layer stays out
+        assert [u[key][l] for l in probed] == pytest.approx(want, rel=1e-10, abs=1e-12), key
+    assert u["stability_jaccard"] == pytest.approx(np.mean(jac))
+
+
+def test_rope_bootstrap_clear_is_stable_flat_is_flagged():
+    from coloc_ray.analysis.probe_uncertainty import describe_rope, rope_bootstrap
+
+    rng = np.random.default_rng(2)
+    clear = rope_bootstrap(_per_text(rng, noise=0.001, sep=0.5), num_layers=8, top_k=3, n_boot=400)
+    assert clear["chosen"] == [5, 6, 7] and clear["stable_layers"] == [5, 6, 7] and not clear["unstable"]
+    flat = rope_bootstrap(_per_text(rng, noise=0.3, sep=0.0), num_layers=8, top_k=3, n_boot=400)
+    assert flat["unstable"] and "UNSTABLE" in describe_rope(flat)
+
+
+def test_analysis_and_report_carry_the_rope_band(tmp_path):
+    from coloc_ray.ablation.report import _md_coloc
+    from coloc_ray.analysis.probe_uncertainty import rope_bootstrap
+    from coloc_ray.analysis.run import run_analysis
+
+    rng = np.random.default_rng(4)
+    sens, rope = _records(rng, n_layers=8)
+    rope["per_text"] = _per_text(rng)
+    rope["interpolated"] = [l == 3 for l in range(8)]
+    res = run_analysis(sens, rope, top_k=3, out_dir=tmp_path, n_perm=200)
+    ru = res["rope_uncertainty"]
+    assert ru == rope_bootstrap(rope["per_text"], 8, 3)
+    assert (tmp_path / "profiles.png").read_bytes()[:4] == b"\x89PNG"
+    md = "\n".join(_md_coloc({"colocalization": res, "figures": []}))
+    assert "under a bootstrap over texts" in md and f"{ru['chosen'][0]}: {ru['p_in_top_k'][ru['chosen'][0]]:.2f}" in md

@@ -52,3 +52,11 @@ def test_rope_same_with_1_and_2_workers(ray_local):
         np.testing.assert_allclose(res["scores"], local["scores"], rtol=1e-4)
         for key, row in local["losses"].items():
             np.testing.assert_allclose(res["losses"][key], row, rtol=1e-6)
+        # per-text sums (the bootstrap's input) come back from the layer shards, every probed layer once
+        pt, lpt = res["per_text"], local["per_text"]
+        np.testing.assert_allclose(pt["base"], lpt["base"], rtol=1e-6)
+        assert pt["num_tokens"] == lpt["num_tokens"]
+        for key, by_layer in lpt["losses"].items():
+            assert sorted(pt["losses"][key], key=int) == sorted(by_layer, key=int)
+            for l, row in by_layer.items():
+                np.testing.assert_allclose(pt["losses"][key][l], row, rtol=1e-6)

@@ -141,3 +141,23 @@ def test_bad_eval_file_is_a_user_error_with_its_line(tmp_path, lines, needle):
     f.write_text("".join(ln + "\n" for ln in lines))
     with pytest.raises(UserError, match=needle):
         load_eval_texts(f)
+
+
+def test_per_text_sums_reproduce_the_scores_exactly(tiny):
+    """The record's per-text CE sums give back base_loss, losses and I_l bit for bit; each text's sum is its
+    own HF causal-LM loss times its target count (an independent reference, text by text, no padding)."""
+    rec = run_rope_influence(tiny, eval_data=TEXTS, factors=[2.0, 0.5], layers=[0, 2], max_len=64, num_workers=0)
+    pt = rec["per_text"]
+    assert len(pt["base"]) == len(pt["num_tokens"]) == len(TEXTS) and set(pt["losses"]["2.0"]) == {"0", "2"}
+    count = sum(pt["num_tokens"])
+    assert count == rec["num_tokens"]
+    assert sum(pt["base"]) / count == rec["base_loss"]
+    for l in (0, 2):
+        per_f = [sum(pt["losses"][k][str(l)]) / count for k in ("2.0", "0.5")]
+        assert per_f == [rec["losses"]["2.0"][l], rec["losses"]["0.5"][l]]
+        assert float(np.mean([abs(v - rec["base_loss"]) for v in per_f])) == rec["scores"][l]
+    for text, s, n in zip(TEXTS, pt["base"], pt["num_tokens"]):
+        ids = torch.tensor([tiny.tokenizer(text, truncation=True, max_length=64)["input_ids"]])
+        with torch.no_grad():
+            hf = float(tiny.model(input_ids=ids, labels=ids).loss)
+        assert n == ids.shape[1] - 1 and s / n == pytest.approx(hf, rel=1e-5)
