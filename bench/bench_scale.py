@@ -14,7 +14,8 @@ evaluation, reserved together (issue 9.2), so ``slots = GPUs // GPUs per trial``
   fine-tune's sleep -- Tune start-up and bookkeeping, MLflow, storage, the evaluation task -- counts as waste);
 - ``busy_efficiency`` = sum of the trials' own wall times / (makespan x slots): how well the scheduler
   keeps the slots filled, counting each trial's own bookkeeping as work;
-- ``peak_concurrent_finetunes`` (from the fakes' own call log, independent of the spine's bookkeeping);
+- ``peak_concurrent_finetunes`` (from the fakes' own call log, independent of the spine's bookkeeping) and
+  ``peak_concurrent_trials`` (trial start = evaluation end - wall_s, from result.json);
 - ``evals_holding_gpu_ids`` and ``gpu_id_clashes``: evaluations whose ``result.json`` records GPU ids, and
   pairs of them that held the same id on the same node at overlapping times (must be 0);
 - the driver's peak RSS (sampled every 0.25 s, and ``ru_maxrss``), and the lowest free memory seen.
@@ -255,6 +256,8 @@ def main() -> None:
            "mean_trial_wall_s": round(sum(walls) / len(walls), 2), "max_trial_wall_s": round(max(walls), 2),
            "mean_phase_s": _phases(recs, calls),
            "peak_concurrent_finetunes": _peak_overlap(spans),
+           "peak_concurrent_trials": _peak_overlap([(e["end"] - r["wall_s"], e["end"]) for r in recs
+                                                    if "end" in (e := (r.get("accelerators") or {}).get("eval") or {})]),
            "evals_holding_gpu_ids": evals_with_gpu, "gpu_id_clashes": gpu_clashes,
            "driver_peak_rss_mb": round(mem.peak_rss / 2**20),
            "driver_ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
