@@ -61,3 +61,24 @@ def test_smollm2_shape(smollm2):
     i = smollm2.info
     assert (i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, i.rope_theta) == (30, 9, 3, 64, 100000.0)
     assert (i.model_type, i.vocab_size) == ("llama", 49152)
+
+
+def test_gemma2_loads_with_the_attention_soft_cap_applied():
+    """HF's sdpa drops Gemma 2's attention-score soft-cap; load_model switches such a model to eager so probes and
+    fine-tunes see the model as it is (vLLM applies the cap too). The capped and uncapped logits differ."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from coloc_ray.models import load_model
+
+    lm = load_model("tiny-gemma2")
+    assert lm.model.config._attn_implementation == "eager" and lm.model.config.attn_logit_softcapping
+    sdpa = AutoModelForCausalLM.from_pretrained(lm.path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    ids = lm.tokenizer("the cap matters here", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for m in (lm.model, sdpa):  # same sharper queries in both: scores large enough for the cap to bite
+            for layer in m.model.layers:
+                layer.self_attn.q_proj.weight.mul_(30.0)
+        capped, uncapped = lm.model(ids).logits, sdpa(ids).logits
+    assert (capped - uncapped).abs().max() > 1e-3
+    assert load_model("tiny-gqa").model.config._attn_implementation == "sdpa"  # others keep the fast path

@@ -223,6 +223,10 @@ def load_model(spec: str, *, dtype=None, quant: str = "none", attn_implementatio
             raise UserError(f"--model {spec!r}: cannot read its config ({_first_line(e)}); fix or re-download "
                             "config.json") from None
         family_for(cfg.model_type, spec)
+        if attn_implementation == "sdpa" and getattr(cfg, "attn_logit_softcapping", None):
+            # HF's sdpa path silently drops Gemma 2's attention-score soft-cap; eager applies it (as vLLM does).
+            log.info("%s: attention logit soft-capping needs eager attention (sdpa drops it): using eager", spec)
+            attn_implementation = "eager"
     qkw = _quant_kwargs(quant)
     if qkw and "gguf_file" in extra:
         raise UserError(f"--model {spec!r}: 4-bit cannot load from GGUF; convert it once (coloc models prepare)")
