@@ -68,7 +68,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
     _loopback_even_if_imported_early()
     _private_token_file(create=not address)
     # Worker processes must see the same loopback setting and keep torch to its share of the CPUs.
-    runtime_env = {"env_vars": {**LOOPBACK_ENV, "TOKENIZERS_PARALLELISM": "false"}}
+    # MLflow 3.17's telemetry sets an environment variable from several threads: in a reused Tune actor that race
+    # failed a trial's metric logging (bench_scale). Telemetry off in every process of a study.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    runtime_env = {"env_vars": {**LOOPBACK_ENV, "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}}
     if address:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
