@@ -422,7 +422,9 @@ class MultiNodeCluster:
         from ray._private import ray_constants
 
         if ray.is_initialized():
-            raise RuntimeError("a Ray driver is already connected in this process; shut it down first")
+            # The suite's session-wide local Ray (tests/conftest.py ``ray_local``) may be up: one process can be
+            # the driver of one cluster at a time. Stop it; later tests start it again through ensure_ray.
+            ray.shutdown()
         # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import; with it on, ray.init rewrites 127.0.0.1 in
         # the address to the machine's other interface (as coloc_ray.raycluster also guards against).
         ray_constants.ENABLE_RAY_CLUSTER = False

@@ -28,7 +28,8 @@ def _env(head, with_token: bool) -> dict:
 
 
 def test_submission_without_token_is_refused(ray_head, tmp_path):
-    r = run_cli("submit", str(TINY), "--address", ray_head["address"], env=_env(ray_head, False), timeout=180)
+    r = run_cli("submit", str(TINY), "--address", ray_head["address"], "--out", str(tmp_path / "study"),
+                env=_env(ray_head, False), timeout=180)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "requires a token: pass --token-file or set RAY_AUTH_TOKEN_PATH" in r.stderr
     wrong = tmp_path / "wrong"

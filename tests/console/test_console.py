@@ -90,6 +90,8 @@ def test_ray_forwarded_lines_go_to_the_file_and_only_warnings_to_the_printer(tmp
     def printer(data):  # stands in for Ray's own printer, registered by ray.init
         printed.extend(data["lines"])
 
+    # A Ray this test session connected earlier left its own printer registered: set it aside for the test.
+    saved, dispatcher.handlers = dispatcher.handlers, []
     dispatcher.add_handler(C.RAY_HANDLER, printer)
     try:
         undo = C.route_ray_worker_output(tmp_path / "ray-workers.log", verbose=False)
@@ -102,7 +104,7 @@ def test_ray_forwarded_lines_go_to_the_file_and_only_warnings_to_the_printer(tmp
         undo()
         dispatcher.emit({"pid": 13, "is_err": False, "lines": ["after undo"]})
     finally:
-        dispatcher.remove_handler(C.RAY_HANDLER)
+        dispatcher.handlers = saved
     # One warning (the pid-13 copy differs only in a number), the raylet's line, then Ray's printer again.
     assert printed == ["/a/b.py:11: UserWarning: check your data dir",
                        "Task was killed due to the node running low on memory", "after undo"]

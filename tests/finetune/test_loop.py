@@ -31,7 +31,7 @@ def test_two_groups_with_their_own_lr_decay_and_schedule(small_cfg):
     groups = {g["name"]: g for g in loop.optimizer.param_groups}
     assert set(groups) == {"lora", "garfa"}
     assert groups["garfa"]["params"] == [loop.scalers.rho]
-    assert groups["lora"]["weight_decay"] == 0.01 and groups["garfa"]["weight_decay"] == 0.0
+    assert groups["lora"]["weight_decay"] == 0.01 and groups["garfa"]["weight_decay"] == 0.01  # METHOD 6: both
     warmup = math.ceil(0.03 * 100)
     for step in range(0, 100):
         for name, peak in (("lora", 3e-4), ("garfa", 1.5e-3)):
