@@ -57,6 +57,13 @@ def tracking_error(uri: str, num_nodes: int) -> str | None:
     return None
 
 
+def needs_offline_data(cfg) -> bool:
+    """Whether the study reads ``$COLOC_DATA``: offline benchmarks, offline training data or default probe texts."""
+    training = (cfg.training.data or {}).get("source", "offline") == "offline"
+    probes = not cfg.probes.skip and cfg.probes.eval_data is None
+    return cfg.evaluation.source == "offline" or training or probes
+
+
 def alive_nodes() -> list[dict]:
     import ray
 
@@ -81,6 +88,10 @@ def check_cluster(cfg, store, timeout_s: float = 120.0) -> str | None:
         errs.append(terr)
     data = shared_data_dir()
     data_dir = str(data.resolve()) if data.is_dir() else None
+    if data_dir is None and needs_offline_data(cfg):
+        errs.append(f"the offline data directory {data} does not exist here: set COLOC_DATA to the folder holding "
+                    "the benchmark and training files (on every node), or use source: hub for evaluation, training "
+                    "data and probes.eval_data")
     if len(nodes) == 1 and store.is_local:
         if errs:
             raise UserError("\n".join(errs))

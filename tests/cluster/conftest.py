@@ -58,11 +58,16 @@ def ray_head():
     d = Path(tempfile.mkdtemp(prefix="crh-", dir="/tmp"))
     token = secrets.token_hex(32)
     (d / "token").write_text(token)
+    (d / "token").chmod(0o600)
     dash = free_port()
     env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS and k != "RAY_ADDRESS"}
     env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN_PATH": str(d / "token"), "PATH": f"{BIN}:{env.get('PATH', '')}",
                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    # The cluster's offline data, set on its node as an operator would (a job's working dir is a temp copy).
+    from coloc_ray.io import shared_data_dir
+
+    env["COLOC_DATA"] = str(shared_data_dir().resolve())
     ports = {f"--{k}": free_port() for k in ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                              "metrics-export-port", "runtime-env-agent-port",
                                              "ray-client-server-port", "node-manager-port", "object-manager-port")}

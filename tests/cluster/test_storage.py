@@ -74,3 +74,23 @@ def test_s3_storage_and_json_helpers(s3_server, tmp_path, monkeypatch):
     import pickle
 
     assert pickle.loads(pickle.dumps(store)).root == store.root  # what Ray ships to a trial
+
+
+def test_missing_offline_data_is_refused_before_any_work(ray_local, tmp_path, monkeypatch):
+    """A study that reads the offline data (the default) with no data folder stops with the fix; a hub-only one
+    does not need it (a submitted job's working dir is a temp copy without ../shared/data: COLOC_DATA says where)."""
+    import yaml
+
+    from coloc_ray.ablation.cluster_checks import check_cluster
+    from coloc_ray.ablation.study_config import StudyConfig
+    from coloc_ray.errors import UserError
+    from tests.conftest import REPO
+
+    d = yaml.safe_load((REPO / "studies" / "tiny_test.yaml").read_text())
+    monkeypatch.setenv("COLOC_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="set COLOC_DATA"):
+        check_cluster(StudyConfig.model_validate(d), Storage(tmp_path / "study"))
+    d["evaluation"]["source"] = "hub"
+    d["training"]["data"] = {"source": "hub"}
+    d["probes"]["eval_data"] = str(REPO / "pyproject.toml")  # any given file: not the default texts
+    assert check_cluster(StudyConfig.model_validate(d), Storage(tmp_path / "study")) is None
