@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -64,19 +62,17 @@ def ray_local(ray_token_env):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` on 127.0.0.1 (SQLite store), stopped by PID at the end."""
-    d = tmp_path_factory.mktemp("mlflow")
+def run_mlflow_server(d: Path, artifacts: list[str], start_timeout_s: float = 90):
+    """Generator: a real ``mlflow server`` on 127.0.0.1 with its SQLite store in ``d``; yields its URI, then stops
+    it by process group. ``artifacts``: the server's artifact flags (a local root, or proxied artifacts)."""
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{d}/db.sqlite",
-         "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
+        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{d}/db.sqlite", *artifacts,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
+    deadline = time.time() + start_timeout_s
     while time.time() < deadline:
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2) as r:
@@ -88,13 +84,20 @@ def mlflow_server(tmp_path_factory):
             raise RuntimeError("mlflow server died:\n" + (d / "server.log").read_text()[-3000:])
     else:
         os.killpg(proc.pid, signal.SIGKILL)
-        raise RuntimeError("mlflow server not healthy in 90 s")
+        raise RuntimeError(f"mlflow server not healthy in {start_timeout_s:.0f} s")
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite store), stopped by PID at the end."""
+    d = tmp_path_factory.mktemp("mlflow")
+    yield from run_mlflow_server(d, ["--default-artifact-root", str(d / "artifacts")])
 
 
 @pytest.fixture()

@@ -150,19 +150,19 @@ def _top_k_stats(scores: np.ndarray, boot: np.ndarray, k: int) -> dict:
 
 def describe_rope(u: dict) -> str:
     """One sentence: how stable the RoPE top-k is under a bootstrap over texts."""
-    s = (f"The RoPE top-{len(u['chosen'])} is {'UNSTABLE' if u['unstable'] else 'stable'} under a bootstrap over "
-         f"texts: mean Jaccard {u['stability_jaccard']:.2f} ({u['n_boot']} resamples, {len(u['layers'])} probed "
-         f"layers); layers in >= 90 % of resampled top-k sets: {u['stable_layers'] or 'none'}")
-    if u["unstable_layers"]:
-        s += f"; chosen layers in fewer than half: {u['unstable_layers']}"
-    return s + "."
+    return _describe(u, f"The RoPE top-{len(u['chosen'])}", "texts",
+                     f"({u['n_boot']} resamples, {len(u['layers'])} probed layers)")
 
 
 def describe(u: dict) -> str:
     """One sentence for a reader: how stable S is, and which of its layers are not."""
-    s = (f"S is {'UNSTABLE' if u['unstable'] else 'stable'} under a bootstrap over pairs: mean Jaccard "
-         f"{u['stability_jaccard']:.2f} with the chosen set ({u['n_boot']} resamples); layers in >= 90 % "
-         f"of resampled top-k sets: {u['stable_layers'] or 'none'}")
+    return _describe(u, "S", "pairs", f"with the chosen set ({u['n_boot']} resamples)")
+
+
+def _describe(u: dict, what: str, over: str, detail: str) -> str:
+    s = (f"{what} is {'UNSTABLE' if u['unstable'] else 'stable'} under a bootstrap over {over}: mean Jaccard "
+         f"{u['stability_jaccard']:.2f} {detail}; layers in >= 90 % of resampled top-k sets: "
+         f"{u['stable_layers'] or 'none'}")
     if u["unstable_layers"]:
         s += f"; chosen layers in fewer than half: {u['unstable_layers']}"
     return s + "."

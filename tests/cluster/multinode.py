@@ -76,7 +76,22 @@ class Node:
         return self.proc.poll() is None
 
 
-class MultiNodeCluster:
+class _Started:
+    """A context manager over ``start()`` / ``stop()``: a failed start still stops what it started."""
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class MultiNodeCluster(_Started):
     """Head (0 CPUs) + ``workers`` worker nodes on 127.0.0.1; a context manager that always stops them.
 
     Args:
@@ -124,17 +139,6 @@ class MultiNodeCluster:
         self._next_worker = 1
 
     # ---- start / stop -------------------------------------------------------------------------------
-    def __enter__(self) -> "MultiNodeCluster":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> None:
         """Start the head, then every worker node, and wait (bounded) until all are ALIVE."""
         deadline = time.time() + self.start_timeout
@@ -444,7 +448,7 @@ def _reload_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-class S3Server:
+class S3Server(_Started):
     """moto's S3-compatible server on 127.0.0.1 with one bucket; a context manager (stopped by process group).
 
     :attr:`env` is what a client needs: ``AWS_ENDPOINT_URL`` (read by boto3 and, since Arrow 15, by
@@ -464,17 +468,6 @@ class S3Server:
     def uri(self, *parts: str) -> str:
         """``s3://<bucket>/<parts...>``."""
         return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
-
-    def __enter__(self) -> "S3Server":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def start(self) -> None:
         with open(self.dir / "moto.log", "w") as log:

@@ -12,18 +12,13 @@ ends SUCCEEDED with that trial retried from its checkpoint.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, run_cli
+from tests.conftest import REPO, run_cli, run_mlflow_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 TINY = REPO / "studies" / "tiny_test.yaml"
@@ -31,30 +26,10 @@ TINY = REPO / "studies" / "tiny_test.yaml"
 
 @pytest.fixture(scope="module")
 def mlflow_served(tmp_path_factory):
-    """An MLflow server whose artifacts go through HTTP (``mlflow-artifacts:``), reachable from every node."""
+    """An MLflow server whose artifacts go through HTTP (``mlflow-artifacts:``), reachable from every node; a
+    saturated machine can take minutes to start it."""
     d = tmp_path_factory.mktemp("mlflow-mn")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{d}/db.sqlite",
-         "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300  # ~15 s on a quiet machine; minutes when the machine is saturated
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("mlflow server did not come up:\n" + (d / "server.log").read_text()[-2000:])
-            time.sleep(1)
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    yield from run_mlflow_server(d, ["--artifacts-destination", str(d / "artifacts")], start_timeout_s=300)
 
 
 @pytest.fixture(scope="module")
