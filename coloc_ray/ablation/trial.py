@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from coloc_ray.io import read_json, write_json
+from coloc_ray.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +163,6 @@ TRAIN = "train"  # Ray Train runs (checkpoints) of every trial, under the study 
 def trial_rel(spec: dict) -> str:
     """The trial's folder relative to the study storage: ``base`` or ``trials/<trial_id>``."""
     return "base" if spec["arm"] == "base" else f"trials/{spec['trial_id']}"
-
-
-def trial_dir(study_dir: str | Path, spec: dict) -> Path:
-    """``base/`` for the base model, ``trials/<trial_id>/`` for every arm trial (a local study dir)."""
-    return Path(study_dir) / trial_rel(spec)
-
-
-def is_done(study_dir, spec: dict) -> bool:
-    from coloc_ray.storage import Storage
-
-    return read_result(Storage(study_dir), trial_rel(spec)) is not None
 
 
 def read_result(store, rel: str) -> dict | None:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
-from coloc_ray.models.families import SEVEN_PROJECTIONS as LORA_TARGETS  # Llama names; families may differ
+from coloc_ray.models.families import SEVEN_PROJECTIONS as LORA_TARGETS  # noqa: E402,F401 - re-exported (Llama names)
 
 
 @dataclass
