@@ -51,15 +51,32 @@ def ray_token_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_local(ray_token_env):
-    """A real local Ray on 127.0.0.1 with 2 CPUs, shut down at the end of the session."""
+def _ray_session(ray_token_env):
+    """Owns the local Ray's end: shut down once, at the end of the session."""
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """A real local Ray on 127.0.0.1 with 2 CPUs, shared by every module of the session.
+
+    Checked per module: a multi-node test (tests/cluster/multinode.py ``driver``) makes this process the driver of
+    its own cluster and shuts the local Ray down, so a later module starts it again, after making Ray re-read
+    the session's token settings (it caches the auth mode and token of the cluster it last joined).
+    """
     import ray
 
     from coloc_ray.raycluster import ensure_ray
+    from tests.cluster.multinode import reload_ray_auth
 
-    ensure_ray(num_cpus=2)
+    if not ray.is_initialized():
+        reload_ray_auth()
+        ensure_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
 
 
 def run_mlflow_server(d: Path, artifacts: list[str], start_timeout_s: float = 90):

@@ -267,7 +267,9 @@ def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str]
                   run_id: Optional[str] = None, fault: Optional[dict] = None):
     """The Ray Train V2 TorchTrainer for ``cfg`` (checkpoints and restarts under ``storage_path/name``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from coloc_ray.finetune.rendezvous import BoundTorchConfig
 
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
@@ -282,7 +284,8 @@ def build_trainer(cfg, storage_path: str, name: str, tracking_uri: Optional[str]
     # NCCL needs CUDA: with logical GPUs only (no CUDA here) the process group runs on gloo.
     backend = None if torch.cuda.is_available() or not cfg.use_gpu else "gloo"
     return TorchTrainer(
-        train_loop_per_worker, torch_config=TorchConfig(backend=backend) if backend else None,
+        # The process group's store listens on the node's address, not on every interface (rendezvous.py).
+        train_loop_per_worker, torch_config=BoundTorchConfig(backend=backend),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "tracking_uri": tracking_uri, "run_id": run_id,
                            "fault": fault, "progress_file": run_progress_file(storage_path, name)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

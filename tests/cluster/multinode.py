@@ -408,7 +408,7 @@ class MultiNodeCluster(_Started):
         for k in AUTH_VARS:
             if k not in self.env:
                 os.environ.pop(k, None)
-        _reload_auth()
+        reload_ray_auth()
         try:
             yield self.env
         finally:
@@ -417,7 +417,7 @@ class MultiNodeCluster(_Started):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            _reload_auth()
+            reload_ray_auth()
 
     @contextlib.contextmanager
     def driver(self, **init_kwargs):
@@ -440,7 +440,7 @@ class MultiNodeCluster(_Started):
                 ray.shutdown()
 
 
-def _reload_auth() -> None:
+def reload_ray_auth() -> None:
     """Make this process re-read RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH (Ray caches both on first use)."""
     from ray._raylet import AuthenticationTokenLoader, Config
 

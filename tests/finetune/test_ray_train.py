@@ -91,3 +91,40 @@ def test_two_worker_ddp_run_logs_to_mlflow_and_loads(ray_local, small_cfg, tmp_p
     restored = load_adapted(load_model("tiny-gqa").model, tmp_path / "out")
     assert restored.base_model.model.garfa_scalers.alpha().detach().tolist() == [
         m["alpha"]["L1"], m["alpha"]["L3"]]
+
+
+def _descendant_listeners() -> set[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket listening in a process under this one (the local Ray's workers)."""
+    import psutil
+
+    pids = {p.pid for p in psutil.Process().children(recursive=True)}
+    return {(c.pid, c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+def test_two_worker_rendezvous_listens_on_the_node_address_only(ray_local, small_cfg, tmp_path):
+    """Every port a two-worker fine-tune opens is on 127.0.0.1: with Ray Train's stock rendezvous, torch's
+    TCPStore server listened on the wildcard address for the whole run (rendezvous.py binds it instead)."""
+    import ray
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    before, seen, box = _descendant_listeners(), set(), {}
+    cfg = small_cfg(num_workers=2, max_steps=12, eval_every=6, checkpoint_every=6)
+
+    def target():
+        try:
+            box["metrics"] = run_finetune(cfg, tmp_path / "out")
+        except BaseException as e:  # surfaced below
+            box["error"] = e
+
+    th = threading.Thread(target=target)
+    th.start()
+    while th.is_alive():
+        seen |= _descendant_listeners() - before
+        time.sleep(0.2)
+    th.join()
+    assert "error" not in box, box.get("error")
+    assert box["metrics"]["num_workers"] == 2
+    assert seen, "no socket opened during the fine-tune was seen"
+    wide = sorted(s for s in seen if s[1] not in ("127.0.0.1", "::ffff:127.0.0.1"))
+    assert not wide, f"listening beyond 127.0.0.1 during a fine-tune: {wide}"

@@ -65,7 +65,7 @@ def both(work):
     from coloc_ray.evaluation.api import run_eval
     from coloc_ray.evaluation.config import EvalConfig
 
-    adapter = _adapter(work / "adapter", 0.02)
+    adapter = _adapter(work / "adapter", 0.01)
     outs = {}
     for backend in ("vllm", "hf"):
         cfg = EvalConfig(model="smollm2-135m", adapter=str(adapter), benchmarks=BENCHES, limit=3, backend=backend,
