@@ -20,10 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
-    from ray import tune
-
     # Keep torch to this trial's CPU share: two trials on two cores must not each spawn two threads.
     import torch
+    from ray import tune
 
     torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
     # Ray Train propagates this to its controller: a worker group that cannot start (lost node, no capacity)

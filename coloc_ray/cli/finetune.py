@@ -94,9 +94,8 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything, then train; prints the final metrics as one JSON line."""
-    from coloc_ray.finetune.api import run_finetune
-
     from coloc_ray.cli.evaluate import _check_out
+    from coloc_ray.finetune.api import run_finetune
     from coloc_ray.models.loading import check_model_spec
 
     cfg = build_config(args)  # run_finetune validates against the model before Ray starts

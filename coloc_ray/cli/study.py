@@ -133,7 +133,6 @@ def _resume(args) -> int:
     from coloc_ray.ablation.study_config import StudyConfig
     from coloc_ray.errors import UserError
     from coloc_ray.io import read_json
-
     from coloc_ray.storage import Storage, is_uri
 
     if is_uri(args.study_dir):  # a study in object storage: read its record from there

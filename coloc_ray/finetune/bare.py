@@ -60,8 +60,8 @@ class TrackingHooks(Hooks):
 
 def final_metrics(loop: Loop, tm, wall_s: float) -> dict:
     """The ``metrics.json`` of a finished run."""
-    from coloc_ray.finetune.lora import trainable_counts
     from coloc_ray.finetune.loop import _unwrap_ddp
+    from coloc_ray.finetune.lora import trainable_counts
 
     st = loop.state
     alpha = None

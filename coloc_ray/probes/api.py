@@ -13,10 +13,10 @@ import time
 from typing import Sequence
 
 from coloc_ray.errors import UserError
+from coloc_ray.probes.checks import check_num_workers, check_pooling, check_rope_args, check_top_k, model_ref
 from coloc_ray.probes.evaltexts import resolve_eval_texts
 from coloc_ray.probes.pairs import MinimalPair, load_pairs
 from coloc_ray.probes.rope_influence import influence_profile, per_text_record, rope_layer_losses
-from coloc_ray.probes.checks import check_num_workers, check_pooling, check_rope_args, check_top_k, model_ref
 from coloc_ray.probes.sensitivity import aggregate, embedding_reference, probe_pairs, top_k_layers
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ def _save_family(alias: str, out):
 
 
 @pytest.fixture(scope="module")
-def results(vllm_py, tmp_path_factory):
+def results(vllm_py, tmp_path_factory):  # noqa: F811 - pytest injects the fixture imported above
     from coloc_ray.garfa import load_garfa
 
     root = tmp_path_factory.mktemp("families-vllm")

@@ -64,10 +64,8 @@ def test_killed_worker_resumes_from_last_checkpoint_and_matches_uninterrupted(ra
 def test_two_worker_ddp_run_logs_to_mlflow_and_loads(ray_local, small_cfg, tmp_path, tracking_uri):
     from coloc_ray.finetune.adapter import load_adapted
     from coloc_ray.models import load_model
-    from coloc_ray.tracking import read_run
+    from coloc_ray.tracking import Tracker, read_run
     from coloc_ray.tracking.mlflow_run import metric_history
-
-    from coloc_ray.tracking import Tracker
 
     parent = Tracker(tracking_uri, run_name="study").start()
     cfg = small_cfg(num_workers=2, max_steps=8, eval_every=4, tracking=True, tracking_uri=tracking_uri,

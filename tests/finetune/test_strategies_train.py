@@ -29,11 +29,10 @@ def _fsdp_rank(rank: int, world: int, pg_file: str, ckpt: str, resume: bool, out
     import torch.distributed as dist
 
     sys.path.insert(0, str(HERE.parent.parent))  # a spawned process: make `tests` importable
-    from tests.finetune.conftest import small_config
-
     from coloc_ray.finetune.bare import prepare
     from coloc_ray.finetune.loop import Hooks, Loop
     from coloc_ray.finetune.ray_worker import _wrap
+    from tests.finetune.conftest import small_config
 
     dist.init_process_group("gloo", init_method=f"file://{pg_file}", rank=rank, world_size=world)
     try:

@@ -11,7 +11,10 @@ import torch
 from coloc_ray.probes.api import run_rope_influence
 from coloc_ray.probes.evaltexts import default_eval_texts
 from coloc_ray.probes.rope_influence import (
-    influence_profile, loss_sums, rope_layer_losses, scaled_position_embeddings,
+    influence_profile,
+    loss_sums,
+    rope_layer_losses,
+    scaled_position_embeddings,
 )
 
 # Different lengths, so batches carry right padding and the masks matter.
