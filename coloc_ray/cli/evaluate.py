@@ -7,57 +7,43 @@ import sys
 from pathlib import Path
 
 
+# EvalConfig fields that are not flags of ``coloc eval`` (none today: every field is a flag).
+NOT_FLAGS: tuple[str, ...] = ()
+
+
 def register(sub) -> None:
-    from coloc_ray.evaluation.config import ALL_BENCHMARKS
+    """Add ``coloc eval``: one flag per EvalConfig field (names, help, choices and defaults from the model)."""
+    from coloc_ray.cli.model_flags import add_model_flags
+    from coloc_ray.evaluation.config import EvalConfig
 
     p = sub.add_parser("eval", help="evaluate a model (+ adapter) on MMLU, GPQA, HumanEval+, MATH, MGSM, ARC")
-    p.add_argument("--model", required=True, help="alias, hub id, HF directory or .gguf file")
-    p.add_argument("--adapter", help="a `coloc finetune` output directory (LoRA and/or GARFA)")
-    p.add_argument("--benchmarks", default=",".join(ALL_BENCHMARKS),
-                   help=f"comma-separated, from: {','.join(ALL_BENCHMARKS)} (default: all)")
-    p.add_argument("--limit", type=int, help="about N items per benchmark, stratified, seeded (default: all)")
-    p.add_argument("--source", choices=["offline", "hub"], default="offline",
-                   help="offline: the project's task YAMLs over the shared data; hub: lm-eval's standard tasks")
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="HumanEval+ generation backend")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=512, help="generation budget (MATH, MGSM, HumanEval+)")
-    p.add_argument("--prompt-style", choices=["auto", "chat", "completion"], default="auto",
-                   help="HumanEval+ prompt (auto: chat if the tokenizer has a chat template, as EvalPlus does)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-guard", action="store_true", help="skip the check that the adapter changes the logits")
-    p.add_argument("--tracking-uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or ./mlruns.db)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--parent-run-id", help="nest the MLflow run under this run")
+    add_model_flags(p, EvalConfig, exclude=NOT_FLAGS)
     p.add_argument("--out", required=True, help="output dir: eval.json, items/<benchmark>.jsonl")
     p.set_defaults(func=_eval)
 
 
-def _eval(args) -> int:
-    from pydantic import ValidationError
-
-    from coloc_ray.errors import UserError
-    from coloc_ray.evaluation.api import run_eval
+def eval_config(args):
+    """The EvalConfig of parsed ``coloc eval`` flags (only the flags given; EvalConfig's defaults for the rest)."""
+    from coloc_ray.cli.model_flags import build_model
     from coloc_ray.evaluation.config import EvalConfig
 
-    try:
-        cfg = EvalConfig(
-            model=args.model, adapter=args.adapter, benchmarks=args.benchmarks, limit=args.limit,
-            source=args.source, backend=args.backend, batch_size=args.batch_size, seed=args.seed,
-            max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, guard=not args.no_guard,
-            tracking=not args.no_tracking, tracking_uri=args.tracking_uri, parent_run_id=args.parent_run_id)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']} "
-                        f"(got {err.get('input')!r})") from None
+    return build_model(EvalConfig, args, exclude=NOT_FLAGS)
+
+
+def _eval(args) -> int:
+    from coloc_ray.errors import UserError
+    from coloc_ray.evaluation.api import run_eval
+
+    cfg = eval_config(args)
     _check_out(args.out)
-    if args.adapter:  # an incomplete or corrupt adapter is refused before the model loads (seconds, not minutes)
+    if cfg.adapter:  # an incomplete or corrupt adapter is refused before the model loads (seconds, not minutes)
         from coloc_ray.finetune.adapter import MODEL_INFO, _read_json_file, adapter_parts
 
-        if not Path(args.adapter).is_dir():
-            raise UserError(f"--adapter {args.adapter!r}: no such directory; give a `coloc finetune` output dir")
-        if (Path(args.adapter) / MODEL_INFO).is_file():
-            _read_json_file(Path(args.adapter) / MODEL_INFO, "re-run `coloc finetune` or restore the file")
-        adapter_parts(args.adapter)
+        if not Path(cfg.adapter).is_dir():
+            raise UserError(f"--adapter {cfg.adapter!r}: no such directory; give a `coloc finetune` output dir")
+        if (Path(cfg.adapter) / MODEL_INFO).is_file():
+            _read_json_file(Path(cfg.adapter) / MODEL_INFO, "re-run `coloc finetune` or restore the file")
+        adapter_parts(cfg.adapter)
     replacing = (Path(args.out) / "eval.json").is_file()
     results = run_eval(cfg, args.out)
     if replacing:
