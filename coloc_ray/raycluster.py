@@ -74,13 +74,40 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
     runtime_env = {"env_vars": {**LOOPBACK_ENV, "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}}
     if address:
         log.info("connecting to Ray at %s", address)
+        if address not in ("auto", "local") and "://" not in address:
+            runtime_env["env_vars"]["RAY_ADDRESS"] = address  # as for a local start below: nobody guesses
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     log.info("starting a local Ray on 127.0.0.1")
-    ray.init(
-        num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-        runtime_env=runtime_env, log_to_driver=True, configure_logging=False,
-    )
+    # Every process of the study gets its cluster's address (RAY_ADDRESS), so none of them guesses: Ray Train's
+    # placement-group cleaner resolves "the" local cluster by auto-detection and, with a second Ray on the machine
+    # (another study), printed "Found multiple active Ray instances" or picked the newest. ray.init takes no GCS
+    # port for a local start, but the head reads RAY_GCS_SERVER_PORT, so the address is known before it starts.
+    port = _free_loopback_port()
+    runtime_env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    old = os.environ.get(_GCS_PORT_VAR)
+    os.environ[_GCS_PORT_VAR] = str(port)
+    try:
+        ray.init(
+            num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env, log_to_driver=True, configure_logging=False,
+        )
+    finally:
+        if old is None:
+            os.environ.pop(_GCS_PORT_VAR, None)
+        else:
+            os.environ[_GCS_PORT_VAR] = old
+
+
+_GCS_PORT_VAR = "RAY_GCS_SERVER_PORT"  # read by a head that ray.init starts (ray._private.node)
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _loopback_even_if_imported_early() -> None:
