@@ -1,5 +1,7 @@
 """Model resolution and introspection (the foundation every stage builds on)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,10 +22,19 @@ def test_tiny_families_load_with_gqa_shape(alias, mt):
     torch.testing.assert_close(base_inv_freq(lm.model).double(), ref, rtol=1e-6, atol=0)
 
 
-def test_tiny_is_deterministic_across_loads():
-    a, b = load_model("tiny-gqa").model, load_model("tiny-gqa").model
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(p, q), n
+def test_tiny_is_deterministic_across_builds(tmp_path, monkeypatch):
+    """Two builds from scratch, each into its own empty cache ($COLOC_CACHE), give bit-identical weights (one
+    cache would have made both loads read the same file)."""
+    states = []
+    for cache in ("a", "b"):
+        monkeypatch.setenv("COLOC_CACHE", str(tmp_path / cache))
+        lm = load_model("tiny-gqa")
+        assert Path(lm.path) == tmp_path / cache / "models" / "tiny-gqa"  # built here, not read from elsewhere
+        states.append(lm.model.state_dict())
+    a, b = states
+    assert list(a) == list(b) and len(a) > 0
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_mha_warns():

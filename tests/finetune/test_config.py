@@ -41,9 +41,13 @@ def test_layer_sets_checked_against_depth(over, words):
     assert "\n" not in str(e.value)
 
 
-def test_one_empty_set_is_allowed():
-    FinetuneConfig(model="tiny-gqa", lora_layers=[], garfa_layers=[3]).check_layers(4)
-    FinetuneConfig(model="tiny-gqa", lora_layers=[0, 1, 2, 3], garfa_layers=[]).check_layers(4)
+@pytest.mark.parametrize("lora, garfa", [([], [3]), ([0, 1, 2, 3], [])])
+def test_one_empty_set_is_allowed(lora, garfa):
+    cfg = parse_config({"model": "tiny-gqa", "lora_layers": lora, "garfa_layers": garfa})
+    cfg.check_layers(4)  # no UserError
+    assert (cfg.lora_layers, cfg.garfa_layers) == (lora, garfa)  # the empty set stays empty, nothing filled in
+    saved = parse_config(cfg.model_dump())  # what config.json holds and a resumed run reads back
+    assert (saved.lora_layers, saved.garfa_layers) == (lora, garfa)
 
 
 def test_unknown_key_and_bad_value_name_the_key():
