@@ -66,15 +66,21 @@ def test_kuberay_resources_have_required_fields():
 
 
 def test_services_are_cluster_ip_only():
-    for p in sorted(CLUSTER.rglob("*.yaml")):
+    files = sorted(CLUSTER.rglob("*.yaml"))
+    # Not vacuous: the manifests the loops below check are there (an empty glob would pass every loop).
+    want = {"kuberay/raycluster.yaml", "kuberay/rayjob-llama31-8b.yaml", "kuberay/mlflow.yaml", "launcher/aws-gpu.yaml"}
+    assert {p.relative_to(CLUSTER).as_posix() for p in files} >= want, files
+    for p in files:
         text = yaml.safe_dump_all(_docs(p))
         assert "LoadBalancer" not in text and "NodePort" not in text, p.name
-    for name, spec in _ray_cluster_specs():
+    specs = _ray_cluster_specs()
+    assert sorted(n for n, _ in specs) == ["raycluster.yaml", "rayjob-llama31-8b.yaml"]
+    for name, spec in specs:
         assert spec["headGroupSpec"]["serviceType"] == "ClusterIP", name
-    for p in KUBERAY:
-        for d in _docs(p):
-            if d["kind"] == "Service":
-                assert d["spec"]["type"] == "ClusterIP", p.name
+    services = [(p.name, d) for p in KUBERAY for d in _docs(p) if d["kind"] == "Service"]
+    assert [n for n, _ in services] == ["mlflow.yaml"]
+    for name, d in services:
+        assert d["spec"]["type"] == "ClusterIP", name
 
 
 def test_token_auth_on_every_ray_container():
