@@ -99,8 +99,7 @@ def _run_one(b: Benchmark, cfg: EvalConfig, ctx: dict, inputs: dict, work: Path,
     lm = state[key]
     n0 = len(state.get("tok", []))
     if cfg.source == "hub":
-        samples = harness.run_tasks(lm, [b.hub_task], include_dir=None, num_fewshot=b.shots,
-                                    limit=cfg.limit, seed=cfg.seed, max_gen_toks=cfg.max_new_tokens)
+        samples = harness.run_hub(lm, b, limit=cfg.limit, seed=cfg.seed, max_gen_toks=cfg.max_new_tokens)
     else:
         from coloc_ray.evaluation.offline import render_tasks
 
@@ -131,6 +130,7 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
             child run of it. None: a new run (nested under ``cfg.parent_run_id`` or the adapter's own run)
             when ``cfg.tracking``.
     """
+    from coloc_ray.evaluation import harness
     from coloc_ray.evaluation.precision import resolve_precision
     from coloc_ray.evaluation.stats import summarize
     from coloc_ray.io import versions
@@ -158,7 +158,8 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
                 cpu = _cpu_s() + (engine.cpu_s if engine else 0.0) - cpu
                 results[b.name] = {**summarize(rows[b.name], b.metric, b.stratum, b.macro, cfg.seed, cfg.n_bootstrap),
                                    "wall_s": round(time.time() - t, 1), "cpu_s": round(cpu, 1),
-                                   "new_tokens": sum(tokens), "backend": _bench_backend(b, cfg)}
+                                   "new_tokens": sum(tokens), "backend": _bench_backend(b, cfg),
+                                   "items_per_task": harness.items_per_task(rows[b.name])}
                 log.info("%s: %s = %.4f [%.4f, %.4f] (n=%d, %.0f s, %s)", b.name, b.metric,
                          results[b.name]["score"], results[b.name]["ci_low"], results[b.name]["ci_high"],
                          results[b.name]["n"], results[b.name]["wall_s"], results[b.name]["backend"])

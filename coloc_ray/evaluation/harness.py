@@ -30,12 +30,14 @@ def make_lm(model, tokenizer, batch_size: int, max_length: int | None = None):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, **kw)
 
 
-def run_tasks(lm, tasks: list[str], *, include_dir: Path | None, num_fewshot: int | None, limit: int | None,
-              seed: int, max_gen_toks: int | None = None) -> dict[str, list[dict]]:
+def run_tasks(lm, tasks: list, *, include_dir: Path | None, num_fewshot: int | None, limit: int | None,
+              seed: int, max_gen_toks: int | None = None, samples: dict[str, list[int]] | None = None,
+              task_manager=None) -> dict[str, list[dict]]:
     """``lm_eval.simple_evaluate`` over ``tasks``; returns lm-eval's logged samples per task name.
 
-    ``include_dir`` is the rendered offline task dir (None: lm-eval's own hub tasks). ``limit`` is passed
-    only for hub tasks (offline items are already cut, stratified, by ``--limit``).
+    ``include_dir`` is the rendered offline task dir (None: lm-eval's own hub tasks, see :func:`run_hub`).
+    ``tasks`` are names or lm-eval Task objects. ``samples`` ({task: sorted doc indices}) is lm-eval's own
+    way to score chosen items; ``limit`` (lm-eval's per-task cut) is kept for callers that want it.
     """
     if include_dir is not None:  # the offline tasks must never reach for the hub
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -44,13 +46,81 @@ def run_tasks(lm, tasks: list[str], *, include_dir: Path | None, num_fewshot: in
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-task INFO lines drown the run's own log
     # Offline: index only our rendered tasks (indexing lm-eval's thousands of built-in YAMLs costs ~10 s).
-    tm = TaskManager(include_path=str(include_dir), include_defaults=False) if include_dir else TaskManager()
+    tm = task_manager or (TaskManager(include_path=str(include_dir), include_defaults=False) if include_dir
+                          else TaskManager())
     gen_kwargs = {"max_gen_toks": max_gen_toks} if (max_gen_toks and include_dir is None) else None
     out = simple_evaluate(
-        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=tm, log_samples=True,
-        bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, samples=samples, task_manager=tm,
+        log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
         fewshot_random_seed=seed, gen_kwargs=gen_kwargs, verbosity="WARNING")
     return out["samples"]
+
+
+# --- --source hub: lm-eval's standard tasks, --limit meaning "about N items per benchmark" ---------------------
+
+def hub_task_manager():
+    """lm-eval's index of its installed tasks: where ``--source hub`` finds its task names."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def hub_selection(tasks: dict, limit: int | None, seed: int,
+                  doc_field: str | None = None) -> dict[str, list[int]] | None:
+    """About ``limit`` doc indices in total over lm-eval's leaf ``tasks`` ({name: Task}), as offline cuts.
+
+    lm-eval's own ``limit`` is per leaf task (MMLU's 57 subjects would get 57 x N items, MGSM's 11 languages
+    11 x N), so hub mode picks the items itself with :func:`coloc_ray.evaluation.data.stratified_limit`, the
+    offline cut: strata are the leaf tasks (MMLU subjects, MATH types, MGSM languages), within a single task
+    the doc field ``doc_field`` (GPQA's domain), visited round-robin in an order seeded by the evaluation seed,
+    so every arm and the base model score the same items. Returns {task: sorted indices into the task's
+    ``eval_docs``}, without tasks that got none; None when ``limit`` is None or covers every item.
+    """
+    from coloc_ray.evaluation.data import stratified_limit
+
+    records = []
+    for name in sorted(tasks):
+        docs = tasks[name].eval_docs
+        cols = getattr(docs, "column_names", None) or []  # a datasets.Dataset column: no per-doc processing
+        field = docs[doc_field] if doc_field in cols else [""] * len(docs)
+        records.extend({"task": name, "i": i, "stratum": f"{name}|{f}"} for i, f in enumerate(field))
+    if limit is None or limit >= len(records):
+        return None
+    out: dict[str, list[int]] = {}
+    for r in stratified_limit(records, limit, "stratum", seed):
+        out.setdefault(r["task"], []).append(r["i"])
+    return {t: sorted(idx) for t, idx in out.items()}
+
+
+def run_hub(lm, bench: Benchmark, *, limit: int | None, seed: int,
+            max_gen_toks: int | None = None) -> dict[str, list[dict]]:
+    """Run ``bench``'s standard lm-eval task on about ``limit`` items in all; lm-eval's samples per task.
+
+    The leaf tasks are loaded once, the items chosen by :func:`hub_selection` and handed to
+    ``simple_evaluate`` as its ``samples`` argument. A task that got no item is left out of the run (lm-eval
+    reads an empty index list as "every item"). Fails if lm-eval scored other items than were chosen.
+    """
+    tm = hub_task_manager()
+    tasks = tm.load([bench.hub_task])["tasks"]
+    picks = hub_selection(tasks, limit, seed, bench.hub_stratum)
+    names = sorted(tasks) if picks is None else sorted(picks)
+    samples = run_tasks(lm, [tasks[n] for n in names], include_dir=None, num_fewshot=bench.shots, limit=None,
+                        seed=seed, max_gen_toks=max_gen_toks, samples=picks, task_manager=tm)
+    for n in names:
+        want = set(range(len(tasks[n].eval_docs))) if picks is None else set(picks[n])
+        got = {s["doc_id"] for s in samples.get(n, [])}
+        if got != want:
+            raise RuntimeError(f"lm-eval scored {len(got)} items of {n}, not the {len(want)} chosen")
+    return samples
+
+
+def items_per_task(rows: list[dict]) -> dict[str, int]:
+    """How many items each lm-eval task scored (eval.json ``items_per_task``)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        key = r.get("task") or "all"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def sample_to_item(s: dict, bench: Benchmark, task: str = "") -> dict:

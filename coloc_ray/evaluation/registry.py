@@ -24,6 +24,8 @@ class Benchmark:
         lm_metric: the lm-eval per-sample metric key that gives ``correct``.
         lm_filter: the lm-eval filter whose result is scored (``none`` for log-likelihood tasks).
         stratum: what ``--limit`` spreads items across (subject, domain, type, language), or ``None``.
+        hub_stratum: with ``--source hub``, the doc field that stratifies inside one lm-eval task (GPQA's
+            domain); a benchmark made of several lm-eval tasks (MMLU, MATH, MGSM) is stratified by task.
         macro: score = mean over strata of the stratum means (MGSM: mean over languages).
         generative: scored on generated text (runs on the vLLM engine with ``--backend vllm``), else on
             log-likelihoods.
@@ -37,6 +39,7 @@ class Benchmark:
     lm_metric: str = "acc"
     lm_filter: str = "none"
     stratum: str | None = None
+    hub_stratum: str | None = None
     macro: bool = False
     generative: bool = False
 
@@ -68,7 +71,8 @@ def get_benchmarks(names) -> list[Benchmark]:
 # METHOD 8. MGSM's headline filter is lm-eval's flexible-extract (the number anywhere in the answer line);
 # small models rarely emit a bare number, and the strict "remove_whitespace" filter would score ~0.
 register_benchmark(Benchmark("mmlu", "lmeval", "mmlu", 5, "accuracy", stratum="subject"))
-register_benchmark(Benchmark("gpqa", "lmeval", "gpqa_main_zeroshot", 0, "accuracy", stratum="domain"))
+register_benchmark(Benchmark("gpqa", "lmeval", "gpqa_main_zeroshot", 0, "accuracy", stratum="domain",
+                             hub_stratum="High-level domain"))
 register_benchmark(Benchmark("humanevalplus", "evalplus", "", 0, "pass@1", generative=True))
 register_benchmark(Benchmark("math", "lmeval", "minerva_math", 4, "exact_match", lm_metric="exact_match",
                              stratum="type", generative=True))
