@@ -72,13 +72,10 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
 
 
 def _cost(base, runs, rate: float) -> dict:
-    per = {}
-    groups = {**({"base": [base]} if base else {}), **sr.by_arm(runs)}  # base first, as in Table 4
-    for arm, rs in groups.items():
-        gh = sum(r["gpu_hours"] for r in rs)
-        per[arm] = {"runs": len(rs), "gpu_hours": gh, "cost": gh * rate, "wall_s": sum(r["wall_s"] for r in rs)}
-    total = {k: sum(v[k] for v in per.values()) for k in ("runs", "gpu_hours", "cost", "wall_s")}
-    return {"cost_per_gpu_hour": rate, "per_arm": per, "total": total}
+    """results.json ``cost``: per arm, fine-tune and evaluation apart (``coloc_ray.ablation.cost``)."""
+    from coloc_ray.ablation.cost import cost_table
+
+    return cost_table(base, sr.by_arm(runs), rate)
 
 
 def _with_holm(table: dict, family: list[str]) -> dict:
@@ -463,16 +460,9 @@ def _md_coloc(res: dict) -> list[str]:
 
 
 def _md_cost(res: dict) -> list[str]:
-    c = res["cost"]
-    rows = [[arm, str(v["runs"]), f"{v['gpu_hours']:.3f}", f"${v['cost']:.2f}", f"{v['wall_s'] / 3600:.2f}"]
-            for arm, v in c["per_arm"].items()]
-    t = c["total"]
-    rows.append(["total", str(t["runs"]), f"{t['gpu_hours']:.3f}", f"${t['cost']:.2f}", f"{t['wall_s'] / 3600:.2f}"])
-    out = ["## Compute and cost", "", f"Rate: ${c['cost_per_gpu_hour']:.2f} per GPU-hour.", "",
-           *_table(["Arm", "runs", "GPU-hours", "cost", "wall hours"], rows), ""]
-    if t["gpu_hours"] == 0:
-        out += ["No GPU was used (CPU run): 0 GPU-hours, no GPU cost.", ""]
-    return out
+    from coloc_ray.ablation.cost import md_cost
+
+    return md_cost(res["cost"])
 
 
 def render_markdown(res: dict, labels: dict[str, str]) -> tuple[str, str]:

@@ -263,7 +263,9 @@ def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], An
         tracker.log_params({"arm": spec["arm"], "control_seed": spec["control_seed"],
                             "train_seed": spec["train_seed"], "lora_layers": spec["lora_layers"],
                             "garfa_layers": spec["garfa_layers"]})
+        t_ft = time.time()
         ft = _finetune(spec, ctx, stages, out, tracker, report, store)
+        ft_wall = time.time() - t_ft
         report({"phase": "eval", "step": ft.get("steps", 0), "loss": ft.get("final_train_loss")})
         adapter = str(out / "adapter") if spec["arm"] != "base" else None
         if adapter:  # kept in storage at once: an evaluation elsewhere (or a later look) finds it
@@ -271,7 +273,8 @@ def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], An
         ev, eval_acc = _evaluate(stages, stages.eval_config(ctx["study"], adapter, spec), out / "eval", tracker,
                                  ctx.get("eval_resources") or {}, store.uri(f"{rel}/adapter") if adapter else None)
         rec = _record(spec, ctx, store.uri(rel), ft, ev, time.time() - t0, tracker.run_id)
-        rec.update(attempt=attempt, accelerators={"finetune": ft.get("accelerators", []), "eval": eval_acc})
+        rec.update(attempt=attempt, accelerators={"finetune": ft.get("accelerators", []), "eval": eval_acc},
+                   cost=_cost(spec, ctx, ft, ft_wall, ev, out / "eval", eval_acc))
         _log_result(tracker, rec, out)
         # Run FINISHED before the result exists: a kill in between re-runs the trial (same run), never the
         # reverse (a result whose run stays RUNNING forever).
@@ -345,13 +348,29 @@ def _record(spec: dict, ctx: dict, where: str, ft: dict, ev: dict, wall_s: float
             "mlflow_run_id": run_id}
 
 
+def _cost(spec: dict, ctx: dict, ft: dict, ft_wall: float, ev: dict, eval_dir: Path, span: dict) -> dict:
+    """The trial's ``cost`` record (:func:`coloc_ray.ablation.cost.trial_cost`), with the evaluation's run
+    record read from its ``eval_config.json`` (absent: an evaluation stage that writes none)."""
+    from coloc_ray.ablation.cost import trial_cost
+    from coloc_ray.io import read_json
+
+    run = None
+    if (eval_dir / "eval_config.json").is_file():
+        try:
+            run = read_json(eval_dir / "eval_config.json").get("run")
+        except (ValueError, AttributeError) as e:
+            log.warning("%s unreadable (%s): evaluation cost from its span", eval_dir / "eval_config.json", e)
+    return trial_cost(spec, ctx["study"], ft, ft_wall, ev, run, span)
+
+
 def _log_result(tracker, rec: dict, out: Path) -> None:
     """Scores, losses, the record, the adapter and the per-item results on the trial's run."""
     metrics = {f"{b}/score": v.get("score") for b, v in rec["eval"].items() if isinstance(v, dict)}
     for k in ("final_train_loss", "final_eval_loss"):
         if isinstance(rec["finetune"].get(k), (int, float)):
             metrics[k] = rec["finetune"][k]
-    tracker.log_metrics({**metrics, "wall_s": rec["wall_s"], "gpu_hours": rec["gpu_hours"]})
+    cost = {f"cost/{k}": v for k, v in rec.get("cost", {}).items() if isinstance(v, (int, float))}
+    tracker.log_metrics({**metrics, "wall_s": rec["wall_s"], "gpu_hours": rec["gpu_hours"], **cost})
     tracker.log_dict(rec, "result.json")
     for sub, art in (("adapter", "adapter"), ("eval/items", "items")):
         if (out / sub).is_dir():

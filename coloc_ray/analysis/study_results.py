@@ -124,7 +124,8 @@ def _load_run(rec: dict, tdir: Path, who: str, problems: list[str]) -> dict:
     return {"trial_id": rec.get("trial_id", tdir.name), "arm": rec.get("arm", "?"),
             "control_seed": rec.get("control_seed"), "train_seed": rec.get("train_seed"),
             "scores": scores, "items": items, "base_heldout": heldout_loss(rec.get("finetune"), step0=True),
-            "gpu_hours": float(rec.get("gpu_hours") or 0.0), "wall_s": float(rec.get("wall_s") or 0.0)}
+            "gpu_hours": float(rec.get("gpu_hours") or 0.0), "wall_s": float(rec.get("wall_s") or 0.0),
+            "cost": rec.get("cost")}  # per-trial cost accounting (coloc_ray.ablation.cost); None in older records
 
 
 def load_base(study_dir: Path, problems: list[str]) -> dict | None:
