@@ -56,7 +56,8 @@ def finetune_flops(tokens: int, blocks: list[int], head: int, trainable: int, ad
       gradients (which would be 2 T N more).
     - 4 T N_trainable: the adapters' own activation gradients and weight gradients (2 + 2).
 
-    The held-out evaluations inside the fine-tune (forward only, a few per run) are not counted.
+    The held-out evaluations inside the fine-tune (forward only, a few per run) are not counted; a
+    mixture-of-experts block counts all its experts (an upper bound: a token runs only the routed ones).
 
     Returns:
         ``{"flops", "n_all", "n_frozen_from_lowest", "n_trainable", "lowest_adapted_layer"}``.
@@ -114,8 +115,8 @@ def trial_cost(spec: dict, study: dict, ft: dict, ft_wall_s: float, ev: dict, ev
     ev_wall = ev_wall if ev_wall is not None else round(span, 3)
     ev_gpu = _num(run.get("gpu_s"))
     if ev_gpu is None and not run:  # no run record (an older evaluation): the GPUs the study gave it x its span
-        ev_gpu = float((r.get("gpus_per_eval") or 0.0) if r.get("gpus_per_eval") is not None
-                       else r.get("gpus_per_worker", 0.0)) * span
+        eval_gpus = r.get("gpus_per_eval")  # null = gpus_per_worker (ResourceSettings.eval_gpus)
+        ev_gpu = float(eval_gpus if eval_gpus is not None else r.get("gpus_per_worker", 0.0)) * span
     new_tokens = [_num(v.get("new_tokens")) for v in ev.values() if isinstance(v, dict)]
     flops = None if base else _flops(study["model"], ft, sorted({*spec["lora_layers"], *spec["garfa_layers"]}))
     return {"finetune_wall_s": round(ft_wall, 3),

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-
 # EvalConfig fields that are not flags of ``coloc eval`` (none today: every field is a flag).
 NOT_FLAGS: tuple[str, ...] = ()
 

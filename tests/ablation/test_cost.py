@@ -157,8 +157,9 @@ def test_report_cost_table_sums_the_records(tmp_path):
     for arm, recs in by_arm.items():
         row = cost["per_arm"][arm]
         assert row["runs"] == len(recs)
-        for out_key, field, scale in [("finetune_gpu_hours", "finetune_gpu_s", 3600), ("eval_gpu_hours", "eval_gpu_s", 3600),
-                                      ("tokens_trained", "tokens_trained", 1), ("tokens_generated", "tokens_generated", 1),
+        for out_key, field, scale in [("finetune_gpu_hours", "finetune_gpu_s", 3600),
+                                      ("eval_gpu_hours", "eval_gpu_s", 3600), ("tokens_trained", "tokens_trained", 1),
+                                      ("tokens_generated", "tokens_generated", 1),
                                       ("finetune_tflops", "finetune_flops", 1e12)]:
             want = _direct(recs, field)
             assert row[out_key] == (None if want is None else pytest.approx(want / scale)), (arm, out_key)
@@ -193,9 +194,11 @@ def test_cpu_study_shows_cpu_hours(tmp_path):
     for arm, recs in by_arm.items():
         row = cost["per_arm"][arm]
         assert row["finetune_cpu_hours"] == pytest.approx(_direct(recs, "finetune_cpu_s") / 3600)
-        assert row["cpu_hours"] == pytest.approx((_direct(recs, "finetune_cpu_s") + _direct(recs, "eval_cpu_s")) / 3600)
+        want = (_direct(recs, "finetune_cpu_s") + _direct(recs, "eval_cpu_s")) / 3600
+        assert row["cpu_hours"] == pytest.approx(want)
     md = "\n".join(md_cost(cost))
     assert "| Arm | runs | GPU-h | fine-tune CPU-h | eval CPU-h | cost |" in md
     d_row = next(ln for ln in md.splitlines() if ln.startswith("| D |"))
-    assert f"| 0 | {cost['per_arm']['D']['finetune_cpu_hours']:.3f} | {cost['per_arm']['D']['eval_cpu_hours']:.3f} |" in d_row
+    d = cost["per_arm"]["D"]
+    assert f"| 0 | {d['finetune_cpu_hours']:.3f} | {d['eval_cpu_hours']:.3f} |" in d_row
     assert "No GPU was used (CPU run)" in md and "n/a" not in md
