@@ -123,6 +123,12 @@ def items_per_task(rows: list[dict]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _text(s: dict) -> str:
+    """The scored (filtered) text of a generative sample."""
+    resp = s["filtered_resps"][0]
+    return resp[0] if isinstance(resp, (list, tuple)) else resp
+
+
 def sample_to_item(s: dict, bench: Benchmark, task: str = "") -> dict:
     """One lm-eval sample -> ``{id, prompt_hash, prediction, target, correct}`` (+ extra metrics)."""
     doc = s["doc"]
@@ -134,15 +140,17 @@ def sample_to_item(s: dict, bench: Benchmark, task: str = "") -> dict:
         item["target"] = s["target"]
         item["loglikelihoods"] = [float(x) for x in lls]
     else:
-        resp = s["filtered_resps"][0]
-        item["prediction"] = resp[0] if isinstance(resp, (list, tuple)) else resp
-        if bench.name == "math":  # what exact match compared: the normalised final answer
-            from coloc_ray.evaluation.tasks.utils import math_answer
-
-            item["prediction"] = math_answer(item["prediction"])
+        item["prediction"] = _text(s)
         item["target"] = s["target"]
         item["generation"] = s["resps"][0][0] if s.get("resps") else None
     item["correct"] = bool(s[bench.lm_metric])
+    if bench.name == "math":
+        # Boxed EM, the offline task's metric, in hub mode too: there lm-eval's own "exact_match" is its sympy
+        # check of the "final answer is" line (math_equiv adds lm-eval's checks as separate columns).
+        from coloc_ray.evaluation.tasks.utils import math_answer, math_process_results
+
+        item["prediction"] = math_answer(_text(s))  # what exact match compared: the normalised final answer
+        item["correct"] = bool(math_process_results(doc, [_text(s)])["exact_match"])
     for extra in ("acc_norm",):
         if extra in s:
             item[extra] = bool(s[extra])
@@ -154,7 +162,7 @@ def sample_to_item(s: dict, bench: Benchmark, task: str = "") -> dict:
 
 def samples_to_items(samples: dict[str, list[dict]], bench: Benchmark) -> list[dict]:
     """Flatten every task's samples (MMLU subjects, MGSM languages) keeping the benchmark's scored filter."""
-    items = []
+    items, cases = [], []
     for task in sorted(samples):
         for s in samples[task]:
             if s.get("filter", "none") != bench.lm_filter:
@@ -162,8 +170,16 @@ def samples_to_items(samples: dict[str, list[dict]], bench: Benchmark) -> list[d
             item = sample_to_item(s, bench, task)
             item.setdefault("task", task)
             items.append(item)
+            if bench.name == "math":
+                cases.append({"answer": s["doc"]["answer"], "solution": s["doc"].get("solution"),
+                              "generation": _text(s), "prediction": item["prediction"]})
     if not items:
         raise RuntimeError(f"lm-eval returned no samples for {bench.name} with filter {bench.lm_filter!r}")
+    if cases:  # MATH: lm-eval's equivalence checks beside boxed EM (one batch: may need a child process)
+        from coloc_ray.evaluation import math_equiv
+
+        for item, extra in zip(items, math_equiv.score(cases)):
+            item.update(extra)
     return items
 
 

@@ -74,7 +74,8 @@ register_benchmark(Benchmark("mmlu", "lmeval", "mmlu", 5, "accuracy", stratum="s
 register_benchmark(Benchmark("gpqa", "lmeval", "gpqa_main_zeroshot", 0, "accuracy", stratum="domain",
                              hub_stratum="High-level domain"))
 register_benchmark(Benchmark("humanevalplus", "evalplus", "", 0, "pass@1", generative=True))
-register_benchmark(Benchmark("math", "lmeval", "minerva_math", 4, "exact_match", lm_metric="exact_match",
+# MATH's headline is exact match of the boxed answer; eval.json adds lm-eval's equivalence checks (math_equiv).
+register_benchmark(Benchmark("math", "lmeval", "minerva_math", 4, "boxed_exact_match", lm_metric="exact_match",
                              stratum="type", generative=True))
 register_benchmark(Benchmark("mgsm", "lmeval", "mgsm_direct", 8, "accuracy", lm_metric="exact_match",
                              lm_filter="flexible-extract", stratum="lang", macro=True, generative=True))

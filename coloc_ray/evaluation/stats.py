@@ -57,4 +57,11 @@ def summarize(items: list[dict], metric: str, stratum: str | None = None, macro:
                                  for k, idx in _group([r.get(stratum) for r in items]).items()}
     if items and "acc_norm" in items[0]:
         out["acc_norm"] = float(np.mean([bool(r["acc_norm"]) for r in items]))
+    from coloc_ray.evaluation.math_equiv import METRICS  # MATH: lm-eval's equivalence checks beside boxed EM
+
+    for key, label in METRICS.items():
+        if any(key in r for r in items):
+            vals = [bool(r[key]) for r in items if r.get(key) is not None]  # None: not scored (see math_equiv)
+            s, lo, hi = bootstrap_ci(vals, n_resamples=n_resamples, seed=seed) if vals else (None, None, None)
+            out[key] = {"score": s, "ci_low": lo, "ci_high": hi, "n": len(vals), "metric": label}
     return out

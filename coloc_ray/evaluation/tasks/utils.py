@@ -3,8 +3,9 @@
 lm-eval imports this file from the include directory the harness writes at run time, so it depends on
 nothing but the standard library and ``datasets``. The MATH answer normalisation is copied from
 lm-eval 0.4.13 ``tasks/minerva_math/utils.py`` (MIT; there: "copied character for character from appendix D
-of Lewkowycz et al. (2022)"), because importing that module needs ``math_verify`` and ``antlr4``, which the
-offline environment lacks.
+of Lewkowycz et al. (2022)"), because importing that module needs lm-eval's optional math extra (sympy,
+``antlr4-python3-runtime==4.11``, ``math-verify``) and boxed EM must run without it. lm-eval's own equivalence
+checks (``is_equiv``, ``math_verify``) are scored beside EM by :mod:`coloc_ray.evaluation.math_equiv`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def math_answer(text: str) -> str:
 
 
 def math_process_results(doc: dict, results: list[str]) -> dict[str, int]:
-    """Exact match of normalised final answers (no sympy equivalence: it needs antlr4, absent offline)."""
+    """Boxed EM: exact match of the normalised final answers (lm-eval's sympy/Math-Verify equivalence is scored
+    beside it by coloc_ray.evaluation.math_equiv, from the logged samples)."""
     pred = math_answer(results[0])
     return {"exact_match": int(bool(pred) and pred == doc["answer"])}
 
