@@ -24,8 +24,10 @@ class EvalConfig(BaseModel):
                                  "spread across subjects/domains/types/languages; null = full sets")
     source: Literal["offline", "hub"] = Field("offline", description="offline = the project's task YAMLs over "
                                               "the shared data; hub = lm-eval's standard tasks (needs a hub)")
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation (MATH, MGSM, HumanEval+): HF generate, "
-                                           "or one vLLM engine (GARFA plugin + LoRA) built once for the evaluation")
+    backend: Literal["hf", "vllm", "auto"] = Field(
+        "hf", description="Generation (MATH, MGSM, HumanEval+): HF generate, or one vLLM engine (GARFA plugin + "
+        "LoRA) built once for the evaluation; auto = vllm where vLLM is importable or its venv is found "
+        "($COLOC_VLLM_PYTHON or .venv-vllm), else hf (the resolved value is what eval_config.json records)")
     loglik_backend: Literal["hf", "vllm"] = Field(
         "vllm", description="With backend vllm: where log-likelihood benchmarks (MMLU, GPQA, ARC) run; the "
         "engine used 1.9-2.4x fewer CPU-seconds than HF for the same choices (docs/BENCHMARKS.md)")
@@ -60,6 +62,8 @@ class EvalConfig(BaseModel):
     @field_validator("backend")
     @classmethod
     def _vllm_present(cls, v):
+        if v == "auto":
+            return "vllm" if vllm_available() else "hf"
         if v == "vllm":
             import importlib.util
 
@@ -67,3 +71,14 @@ class EvalConfig(BaseModel):
                 raise UserError("--backend vllm: coloc_ray.evaluation.vllm_backend is not in this install; "
                                 "use --backend hf")
         return v
+
+
+def vllm_available() -> bool:
+    """vLLM can serve this evaluation: importable here, or its venv found (``scripts/setup.sh vllm``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("coloc_ray.evaluation.vllm_backend") is None:
+        return False
+    from coloc_ray.evaluation.vllm_backend import vllm_python
+
+    return importlib.util.find_spec("vllm") is not None or vllm_python() is not None
