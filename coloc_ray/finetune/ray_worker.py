@@ -195,8 +195,8 @@ def train_loop_per_worker(config: dict) -> dict:
     import ray.train.torch
 
     from coloc_ray.finetune.config import FinetuneConfig
-    from coloc_ray.finetune.lora import trainable_counts
     from coloc_ray.finetune.loop import Loop
+    from coloc_ray.finetune.lora import trainable_counts
     from coloc_ray.io import write_json
     from coloc_ray.tracking import Tracker
 

@@ -37,8 +37,8 @@ def test_guard_fires_on_zero_garfa(adapter_factory):
 def test_guard_restores_rho_and_adapter_state(adapter_factory):
     import torch
 
-    from coloc_ray.garfa import get_garfa
     from coloc_ray.evaluation.guard import _logits
+    from coloc_ray.garfa import get_garfa
 
     model, tok = _adapted(adapter_factory(lora="random", garfa="random"))
     before, rho = _logits(model, tok), get_garfa(model).rho.detach().clone()

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lm_eval
 import pytest
 import yaml
 
-import lm_eval
 from coloc_ray.evaluation import data
 from coloc_ray.evaluation.offline import load_items, render_tasks
 from coloc_ray.evaluation.registry import BENCHMARKS
