@@ -244,48 +244,19 @@ def schema_help() -> str:
 # -- cross-field and environment checks ----------------------------------------------------------
 
 
-def gguf_num_layers(path: Path) -> int:
-    """L from a GGUF file's own metadata (``<arch>.block_count``), without loading its weights."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-        arch_f = reader.fields["general.architecture"]
-        arch = bytes(arch_f.parts[arch_f.data[0]]).decode()
-        f = reader.fields[f"{arch}.block_count"]
-        return int(f.parts[f.data[0]][0])
-    except (KeyError, ValueError, IndexError, OSError) as e:
-        raise UserError(f"{path}: cannot read its depth from the GGUF metadata ({type(e).__name__}: {e}); "
-                        "is it a complete GGUF file?") from None
-
-
 def model_num_layers(spec: str) -> int | None:
-    """L of ``spec`` read from its ``config.json`` alone (no weights, no transformers import); None when the
-    config is not available offline (a hub id not in the local HF cache, a .gguf)."""
-    import json
+    """L of ``spec`` from ``models.model_shape`` (config or GGUF metadata, no weights, never the hub); None when
+    a hub id's config is not in the local HF cache."""
     import logging
 
-    from coloc_ray.models import resolve_model_dir
+    from coloc_ray.models.shape import ConfigNotCached, model_shape
 
-    path, extra = resolve_model_dir(spec)
-    if "gguf_file" in extra:
-        return gguf_num_layers(Path(path) / extra["gguf_file"])
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(path, "config.json")
-        except Exception:
-            cached = None
-        if not isinstance(cached, str):
-            logging.getLogger(__name__).warning(
-                "model %r: config not available offline; skipping the checks that need L", spec)
-            return None
-        cfg_file = Path(cached)
-    cfg = json.loads(cfg_file.read_text())
-    cfg = cfg.get("text_config", cfg)  # multimodal wrappers keep the decoder's config inside
-    return int(cfg["num_hidden_layers"])
+    try:
+        return model_shape(spec, local_only=True).num_layers
+    except ConfigNotCached:
+        logging.getLogger(__name__).warning(
+            "model %r: config not available offline; skipping the checks that need L", spec)
+        return None
 
 
 def _benchmark_names() -> tuple[str, ...]:

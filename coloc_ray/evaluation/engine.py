@@ -125,15 +125,12 @@ def check_garfa_file(model_dir: str, adapter_dir: str | None) -> dict | None:
     """
     if not adapter_dir or not (Path(adapter_dir) / "garfa.json").is_file():
         return None
-    from transformers import AutoConfig
-
     from coloc_ray.garfa import read_garfa
+    from coloc_ray.models.shape import model_shape
 
     meta, rho = read_garfa(Path(adapter_dir))
-    cfg = AutoConfig.from_pretrained(model_dir).get_text_config()
-    heads = cfg.num_attention_heads
-    want = {"num_layers": cfg.num_hidden_layers, "num_kv_heads": getattr(cfg, "num_key_value_heads", None) or heads,
-            "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // heads}
+    shape = model_shape(model_dir)
+    want = {"num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim}
     for key, val in want.items():
         if int(meta[key]) != int(val):
             raise UserError(f"--adapter {adapter_dir}: garfa.json has {key}={meta[key]} but the model "

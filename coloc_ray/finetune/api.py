@@ -21,19 +21,9 @@ log = logging.getLogger(__name__)
 
 def model_depth(spec: str) -> int:
     """The number of decoder layers of ``spec``, read from its config (no weights loaded)."""
-    from coloc_ray.models import resolve_model_dir
+    from coloc_ray.models.shape import model_shape
 
-    path, extra = resolve_model_dir(spec)
-    if "gguf_file" in extra:
-        from coloc_ray.models import load_model
-
-        return load_model(spec).info.num_layers
-    from transformers import AutoConfig
-
-    try:
-        return int(AutoConfig.from_pretrained(path).num_hidden_layers)
-    except OSError as e:
-        raise UserError(f"--model {spec!r}: cannot read its config ({str(e).splitlines()[0]})") from None
+    return model_shape(spec).num_layers
 
 
 def validate(cfg) -> None:

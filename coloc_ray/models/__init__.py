@@ -3,6 +3,8 @@
 >>> lm = load_model("tiny-gqa")          # random 4-layer GQA Llama, built in-process
 >>> lm.info.num_layers, lm.info.num_kv_heads
 (4, 2)
+>>> model_shape("tiny-gqa").num_layers  # from the config alone (also a hub id or a .gguf), no weights
+4
 """
 
 from coloc_ray.models.families import FAMILIES, ModelFamily, register_family
@@ -15,9 +17,10 @@ from coloc_ray.models.introspect import (
     unwrap_model,
 )
 from coloc_ray.models.loading import ALIASES, LoadedModel, load_model, register_alias, resolve_model_dir
+from coloc_ray.models.shape import ModelShape, model_shape
 
 __all__ = [
-    "ALIASES", "FAMILIES", "LoadedModel", "ModelFamily", "ModelInfo", "base_inv_freq", "decoder_layers",
-    "load_model", "model_info", "register_alias", "register_family", "resolve_model_dir", "rotary_embedding",
-    "unwrap_model",
+    "ALIASES", "FAMILIES", "LoadedModel", "ModelFamily", "ModelInfo", "ModelShape", "base_inv_freq",
+    "decoder_layers", "load_model", "model_info", "model_shape", "register_alias", "register_family",
+    "resolve_model_dir", "rotary_embedding", "unwrap_model",
 ]

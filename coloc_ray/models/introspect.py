@@ -10,6 +10,7 @@ from torch import nn
 
 from coloc_ray.errors import UserError
 from coloc_ray.models.families import family_for
+from coloc_ray.models.shape import rope_params, shape_from_config
 
 
 @dataclass(frozen=True)
@@ -145,18 +146,12 @@ def model_info(model: nn.Module, name: str | None = None) -> ModelInfo:
     cfg = base.config
     layers = decoder_layers(base)
     rotary_embedding(base)
-    heads = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    if isinstance(rope, dict) and "rope_theta" not in rope and rope:  # per-layer-type dicts: the global one
-        rope = rope.get("full_attention") or next(iter(rope.values()))
-        rope = rope if isinstance(rope, dict) else {}
-    theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    shape = shape_from_config(cfg)  # the same reading as model_shape() before a load
+    heads, kv = shape.num_heads, shape.num_kv_heads
     info = ModelInfo(
         name=name or _name(base), model_type=cfg.model_type, num_layers=len(layers), num_heads=heads,
-        num_kv_heads=kv, head_dim=head_dim, hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size,
-        rope_theta=theta, rope_type=str(rope.get("rope_type", "default")),
+        num_kv_heads=kv, head_dim=shape.head_dim, hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size,
+        rope_theta=shape.rope_theta, rope_type=str(rope_params(cfg).get("rope_type", "default")),
     )
     if kv == heads:
         warnings.warn(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Sequence
 
 from coloc_ray.errors import UserError
@@ -46,29 +44,13 @@ def check_rope_args(factors: Sequence[float], layers, num_layers: int, max_len: 
 
 
 def model_ref(model) -> tuple[str, int]:
-    """(spec Ray workers can load, number of decoder layers), reading only the model's config.
-
-    A local directory's ``config.json`` is read as JSON (no transformers import); GGUF files and hub ids
-    go through ``AutoConfig``.
-    """
+    """(spec Ray workers can load, number of decoder layers), reading only the model's config
+    (``models.model_shape``: config.json or the GGUF metadata, no weights)."""
     if not isinstance(model, str):  # a LoadedModel
         return model.spec, int(model.info.num_layers)
-    from coloc_ray.models import resolve_model_dir
+    from coloc_ray.models.shape import model_shape
 
-    path, extra = resolve_model_dir(model)
-    cfg_file = Path(path) / "config.json"
-    if not extra and cfg_file.is_file():
-        cfg = json.loads(cfg_file.read_text())
-        layers = cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers")
-        if layers:
-            return model, int(layers)
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(path, **extra)
-    except OSError as e:
-        raise UserError(f"--model {model!r}: cannot read its config ({str(e).splitlines()[0]})") from None
-    return model, int(cfg.num_hidden_layers)
+    return model, model_shape(model).num_layers
 
 
 def check_num_workers(num_workers: int | None) -> None:
