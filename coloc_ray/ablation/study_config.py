@@ -83,7 +83,8 @@ class EvalSettings(_Strict):
                                         "for every arm and the base model, separate from the training seeds, "
                                         "so every arm is scored on the same prompts (METHOD 8)")
     source: Literal["offline", "hub"] = Field("offline", description="offline = data/ copies; hub = lm-eval tasks")
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend")
+    backend: Literal["hf", "vllm", "auto"] = Field(
+        "hf", description="Generation backend (auto = the vLLM engine where its venv is found, else hf)")
     max_new_tokens: int = Field(512, ge=1, description="Generation budget for generative benchmarks")
     batch_size: int = Field(8, ge=1, description="Evaluation batch size")
     extra: dict[str, Any] = Field({}, description="Further EvalConfig fields, passed through unchanged")
