@@ -78,18 +78,23 @@ def _help(name: str, field, kind: str) -> str:
     return text.replace("%", "%%")  # argparse %-formats help strings
 
 
-def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], exclude: Iterable[str] = ()) -> None:
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], exclude: Iterable[str] = (),
+                    aliases: dict[str, Iterable[str]] | None = None, require: bool = True) -> None:
     """Add one flag per field of ``model`` not in ``exclude``; a field without a default is a required flag.
 
     Every flag defaults to "absent" (``argparse.SUPPRESS``), so :func:`model_kwargs` sees only what was given.
+
+    Args:
+        aliases: further flag names of a field (``{"max_steps": ["--steps"]}``): old names keep working.
+        require: False when the required fields may come from elsewhere (a config file) and the command checks.
     """
-    skip = set(exclude)
+    skip, aliases = set(exclude), aliases or {}
     for name, field in model.model_fields.items():
         if name in skip:
             continue
         kind, detail = _kind(name, field.annotation)
         kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(name, field, kind)}
-        if field.is_required():
+        if field.is_required() and require:
             kw["required"] = True
         if kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
@@ -101,7 +106,7 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], exc
             kw["metavar"] = "A,B,..."
         else:
             kw["metavar"] = "JSON"
-        parser.add_argument(flag_name(name), **kw)
+        parser.add_argument(flag_name(name), *aliases.get(name, ()), **kw)
 
 
 def _list_value(name: str, text: str, item: type) -> list:
