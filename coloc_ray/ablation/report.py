@@ -16,11 +16,11 @@ from pathlib import Path
 from coloc_ray.analysis import ablation_stats as st
 from coloc_ray.analysis import arm_intervals as ai
 from coloc_ray.analysis import study_results as sr
+from coloc_ray.evaluation.registry import benchmark_labels
 
 log = logging.getLogger(__name__)
 
-BENCH_LABELS = {"mmlu": "MMLU", "gpqa": "GPQA", "humanevalplus": "HumanEval+", "math": "MATH (boxed EM)",
-                "mgsm": "MGSM", "arc_challenge": "ARC", "avg": "Avg", "heldout_loss": "held-out loss"}
+BENCH_LABELS = {**benchmark_labels(), "avg": "Avg", "heldout_loss": "held-out loss"}  # labels: the registry's
 
 
 #: What the report reads from analysis.json; a record without them is recomputed from the probes.

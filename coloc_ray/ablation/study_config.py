@@ -29,7 +29,8 @@ class ProbeSettings(_Strict):
     skip: bool = Field(False, description="Do not run the probes (needs layer_sets.sensitive_layers; no analysis)")
     pairs: str | None = Field(None, description="Minimal-pairs JSONL (id, domain, correct, incorrect); "
                                                 "null = the 15 pairs shipped with coloc-ray")
-    pooling: Literal["mean", "mean-nosink", "last"] = Field("mean", description="Token pooling of block outputs")
+    pooling: str = Field("mean", description="Token pooling of block outputs (a name in probes/pooling.py: "
+                                              "mean, mean-nosink, last)")
     sink_multiple: float = Field(10.0, gt=1.0, description="mean-nosink: a token whose norm exceeds this "
                                                            "multiple of the median is an attention sink")
     factors: list[float] = Field([2.0], min_length=1, description="RoPE frequency factors f (I_l averages them)")
@@ -40,6 +41,15 @@ class ProbeSettings(_Strict):
     num_texts: int | None = Field(None, ge=1, description="Use only the first N held-out texts (null = all)")
     num_workers: int | None = Field(None, ge=1, description="Ray tasks for the probes (null = one per CPU/GPU)")
     n_perm: int = Field(10000, ge=100, description="Permutations for the analysis p-values")
+
+    @field_validator("pooling")
+    @classmethod
+    def _known_pooling(cls, v: str) -> str:
+        from coloc_ray.probes.pooling import POOLINGS  # the pooling registry (torch-free)
+
+        if v not in POOLINGS:
+            raise ValueError(f"unknown pooling; use one of {', '.join(POOLINGS)}")
+        return v
 
 
 class LayerSetSettings(_Strict):
@@ -76,8 +86,8 @@ class TrainingSettings(_Strict):
 class EvalSettings(_Strict):
     """METHOD 8: benchmarks run on the base model and on every trial's adapter."""
 
-    benchmarks: list[str] = Field(["mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge"],
-                                  min_length=1, description="Benchmark registry names")
+    benchmarks: list[str] = Field(default_factory=lambda: list(_benchmark_names()), min_length=1,
+                                  description="Benchmark registry names (default: all, in registry order)")
     limit: int | None = Field(None, ge=1, description="Items per benchmark (null = all)")
     seed: int = Field(1234, description="Evaluation seed (few-shot draws, option orders, `limit` subsets): one "
                                         "for every arm and the base model, separate from the training seeds, "

@@ -11,8 +11,9 @@ import math
 from pathlib import Path
 
 from coloc_ray.analysis import ablation_stats as st
+from coloc_ray.evaluation.registry import benchmark_names
 
-BENCH_ORDER = ("mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge")
+BENCH_ORDER = tuple(benchmark_names())  # the registry's order (coloc_ray/evaluation/benchmarks/)
 ARM_ORDER = ("A", "B", "C", "D")
 #: The fine-tune's held-out loss as a metric beside the benchmarks (lower is better, not in the Avg).
 HELDOUT = "heldout_loss"

@@ -7,8 +7,10 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coloc_ray.errors import UserError
+from coloc_ray.evaluation.registry import benchmark_names
 
-ALL_BENCHMARKS = ["mmlu", "gpqa", "humanevalplus", "math", "mgsm", "arc_challenge"]
+#: The shipped benchmarks in registry order (the default); the registry is the source (registry.py).
+ALL_BENCHMARKS = benchmark_names()
 
 
 class EvalConfig(BaseModel):
@@ -18,7 +20,7 @@ class EvalConfig(BaseModel):
 
     model: str = Field(..., description="--model: alias, hub id, HF directory or .gguf file")
     adapter: Optional[str] = Field(None, description="A `coloc finetune` output dir (LoRA and/or GARFA)")
-    benchmarks: list[str] = Field(default_factory=lambda: list(ALL_BENCHMARKS),
+    benchmarks: list[str] = Field(default_factory=benchmark_names,
                                   description="Registry names, run in this order")
     limit: Optional[int] = Field(None, ge=1, description="About N items per benchmark (not per stratum), "
                                  "spread across subjects/domains/types/languages; null = full sets")

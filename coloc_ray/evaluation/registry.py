@@ -1,12 +1,17 @@
 """The benchmarks ``coloc eval`` knows: a dict plus :func:`register_benchmark` (STYLE 4).
 
 Each entry says how the benchmark is run (an lm-eval task or EvalPlus), which standard lm-eval task it
-mirrors (METHOD 8), its shots, its headline metric and how ``--limit`` stratifies it.
+mirrors (METHOD 8), its shots, its headline metric, how ``--limit`` stratifies it, its report label, and how
+its offline items are loaded and rendered. Every benchmark lives in its own module under
+``coloc_ray/evaluation/benchmarks/`` and registers itself there; the package's ``__init__`` imports them in
+the default order. Everything else that lists benchmarks (the eval and study defaults, the report's order and
+labels, the offline loaders and renderers) reads this registry (CONTRIBUTING.md: adding a benchmark).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from coloc_ray.errors import UserError
 
@@ -29,6 +34,10 @@ class Benchmark:
         macro: score = mean over strata of the stratum means (MGSM: mean over languages).
         generative: scored on generated text (runs on the vLLM engine with ``--backend vllm``), else on
             log-likelihoods.
+        label: the name in the report's tables (default: ``name``).
+        load: ``() -> (items, few-shot source)`` from the offline data (None: no offline copy).
+        render: ``(include_dir, name, items, shots, max_gen_toks) -> [lm-eval task names]``: writes the offline
+            task YAMLs (an ``lmeval`` benchmark; the shared shapes are in ``offline.py``).
     """
 
     name: str
@@ -42,6 +51,13 @@ class Benchmark:
     hub_stratum: str | None = None
     macro: bool = False
     generative: bool = False
+    label: str = ""
+    load: Callable[[], tuple[list[dict], object]] | None = None
+    render: Callable[..., list[str]] | None = None
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -68,15 +84,15 @@ def get_benchmarks(names) -> list[Benchmark]:
     return [BENCHMARKS[n] for n in dict.fromkeys(names)]
 
 
-# METHOD 8. MGSM's headline filter is lm-eval's flexible-extract (the number anywhere in the answer line);
-# small models rarely emit a bare number, and the strict "remove_whitespace" filter would score ~0.
-register_benchmark(Benchmark("mmlu", "lmeval", "mmlu", 5, "accuracy", stratum="subject"))
-register_benchmark(Benchmark("gpqa", "lmeval", "gpqa_main_zeroshot", 0, "accuracy", stratum="domain",
-                             hub_stratum="High-level domain"))
-register_benchmark(Benchmark("humanevalplus", "evalplus", "", 0, "pass@1", generative=True))
-# MATH's headline is exact match of the boxed answer; eval.json adds lm-eval's equivalence checks (math_equiv).
-register_benchmark(Benchmark("math", "lmeval", "minerva_math", 4, "boxed_exact_match", lm_metric="exact_match",
-                             stratum="type", generative=True))
-register_benchmark(Benchmark("mgsm", "lmeval", "mgsm_direct", 8, "accuracy", lm_metric="exact_match",
-                             lm_filter="flexible-extract", stratum="lang", macro=True, generative=True))
-register_benchmark(Benchmark("arc_challenge", "lmeval", "arc_challenge", 25, "accuracy"))
+def benchmark_names() -> list[str]:
+    """The registered names in registration order (the default ``benchmarks`` of an eval and a study)."""
+    return list(BENCHMARKS)
+
+
+def benchmark_labels() -> dict[str, str]:
+    """``{name: label}`` for the report's tables."""
+    return {n: b.label for n, b in BENCHMARKS.items()}
+
+
+# The shipped benchmarks register themselves, one module each (imported last: they import this module).
+from coloc_ray.evaluation import benchmarks  # noqa: E402,F401

@@ -1,5 +1,5 @@
-"""A benchmark registered in registry.py but not in offline.py: one line naming it, what is missing (its offline
-loader / lm-eval task) and the benchmarks that have one, instead of a bare KeyError after validation passed."""
+"""A benchmark registered without its offline pieces (``Benchmark.load`` / ``Benchmark.render``): one line naming
+it, what is missing and the benchmarks that have one, instead of a bare error after validation passed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from coloc_ray.evaluation.registry import BENCHMARKS, Benchmark, get_benchmarks
 @pytest.fixture()
 def newbench(monkeypatch):
     bench = Benchmark("newbench", "lmeval", "", 0, "accuracy")
-    monkeypatch.setitem(BENCHMARKS, "newbench", bench)  # registered the documented way, then removed again
+    monkeypatch.setitem(BENCHMARKS, "newbench", bench)  # registered, then removed again
     return bench
 
 
@@ -23,22 +23,24 @@ def test_registered_without_offline_loader_is_one_line_with_valid_names(newbench
         offline.load_items(newbench, None, 0)
     msg = str(e.value)
     assert "\n" not in msg
-    assert "'newbench'" in msg and "offline loader" in msg and "coloc_ray/evaluation/offline.py" in msg
+    assert "'newbench'" in msg and "offline loader" in msg and "coloc_ray/evaluation/benchmarks/" in msg
     assert all(n in msg for n in BENCHMARKS if n != "newbench")  # every shipped benchmark has a loader
 
 
-def test_loader_without_lm_eval_task_is_one_line_with_valid_names(newbench, monkeypatch, tmp_path):
-    monkeypatch.setitem(offline.LOADERS, "newbench", lambda: ([{"id": "x"}], None))
-    items, shots = offline.load_items(newbench, None, 0)
+def test_loader_without_lm_eval_task_is_one_line_with_valid_names(monkeypatch, tmp_path):
+    bench = Benchmark("newbench", "lmeval", "", 0, "accuracy", load=lambda: ([{"id": "x"}], None))
+    monkeypatch.setitem(BENCHMARKS, "newbench", bench)
+    items, shots = offline.load_items(bench, None, 0)
     assert items == [{"id": "x"}] and shots is None
     with pytest.raises(UserError) as e:
-        offline.render_tasks(newbench, items, shots, tmp_path, 16)
+        offline.render_tasks(bench, items, shots, tmp_path, 16)
     msg = str(e.value)
     assert "\n" not in msg and "'newbench'" in msg and "lm-eval task" in msg
     assert all(n in msg for n in ("arc_challenge", "mmlu", "gpqa", "math", "mgsm")) and "humanevalplus" not in msg
 
 
 def test_every_registered_benchmark_has_its_offline_pieces():
-    """The shipped registry and offline.py agree (each benchmark loads; each lm-eval one renders)."""
-    assert set(offline.LOADERS) == set(BENCHMARKS)
-    assert set(offline.RENDERERS) == {n for n, b in BENCHMARKS.items() if b.runner == "lmeval"}
+    """Each shipped benchmark loads offline; each lm-eval one renders (its module sets both)."""
+    assert BENCHMARKS and all(b.load is not None for b in BENCHMARKS.values())
+    assert {n for n, b in BENCHMARKS.items() if b.render is not None} == {
+        n for n, b in BENCHMARKS.items() if b.runner == "lmeval"}
