@@ -23,12 +23,14 @@ def _common(p) -> None:
 
 
 def register(sub) -> None:
+    from coloc_ray.probes.pooling import POOLINGS  # the registry (torch-free)
+
     p = sub.add_parser("probe", help="layer probes: correctness sensitivity, RoPE influence")
     psub = p.add_subparsers(dest="probe_cmd", metavar="PROBE")
     psub.required = True
     s = psub.add_parser("sensitivity", help="METHOD 1: 1 - cos of block outputs over minimal pairs")
     s.add_argument("--pairs", default=None, help="JSONL of {id, domain, correct, incorrect} (default: the shipped 15)")
-    s.add_argument("--pooling", default="mean", help="mean (default) | mean-nosink | last")
+    s.add_argument("--pooling", default="mean", help=f"{' | '.join(POOLINGS)} (default mean)")
     s.add_argument("--sink-multiple", type=float, default=10.0,
                    help="mean-nosink drops tokens whose norm exceeds this multiple of the median (default 10)")
     s.add_argument("--top-k", type=int, default=None, help="how many top layers to list (default min(10, L))")

@@ -6,14 +6,14 @@ import math
 from typing import Sequence
 
 from coloc_ray.errors import UserError
+from coloc_ray.probes.pooling import POOLINGS, get_pooling
 
-POOLINGS = ("mean", "mean-nosink", "last")
+__all__ = ["POOLINGS", "check_num_workers", "check_pooling", "check_rope_args", "check_top_k", "model_ref"]
 
 
 def check_pooling(pooling: str, sink_multiple: float) -> None:
     """UserError for an unknown pooling or a sink multiple that is not > 1."""
-    if pooling not in POOLINGS:
-        raise UserError(f"--pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    get_pooling(pooling)  # one line listing the registered poolings (probes/pooling.py)
     if not sink_multiple > 1.0:
         raise UserError(f"--sink-multiple {sink_multiple!r}: must be > 1 (a multiple of the median token norm)")
 

@@ -14,10 +14,10 @@ from typing import Sequence
 
 import torch
 
-from coloc_ray.errors import UserError
 from coloc_ray.models import decoder_layers, unwrap_model
-from coloc_ray.probes.checks import POOLINGS, check_pooling
+from coloc_ray.probes.checks import check_pooling
 from coloc_ray.probes.pairs import MinimalPair, domains_of
+from coloc_ray.probes.pooling import get_pooling
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +55,11 @@ def block_outputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str = "mean", sink_multiple: float = 10.0) -> torch.Tensor:
     """Pool ``h`` ``[B, T, D]`` over the tokens where ``mask`` ``[B, T]`` is 1; returns ``[B, D]`` fp64.
 
-    ``mean-nosink`` drops the first real token and every token whose norm exceeds ``sink_multiple`` x the
-    sequence's median token norm (median over real tokens, interpolated); a sequence left with no token
-    falls back to the plain mean. ``last`` takes the last real token.
+    ``pooling`` names a registered pooling (``probes/pooling.py``): ``mean``, ``mean-nosink`` (drops the first
+    real token and attention sinks, tokens whose norm exceeds ``sink_multiple`` x the median), ``last``.
     """
     h = h.double()
-    m = mask.to(h.device).bool()
-    if pooling == "last":
-        pos = torch.arange(m.shape[1], device=h.device).expand_as(m)
-        last = torch.where(m, pos, torch.full_like(pos, -1)).max(dim=1).values
-        return h[torch.arange(h.shape[0], device=h.device), last]
-    if pooling == "mean-nosink":
-        norms = h.norm(dim=-1)
-        median = torch.nanquantile(norms.masked_fill(~m, float("nan")), 0.5, dim=1, keepdim=True)
-        keep = m & (norms <= sink_multiple * median)
-        first = m.float().argmax(dim=1)  # first real token (index 0 under right padding)
-        keep[torch.arange(m.shape[0], device=h.device), first] = False
-        empty = keep.sum(dim=1) == 0
-        if bool(empty.any()):
-            log.warning("mean-nosink: %d sequence(s) had no token left; used the plain mean", int(empty.sum()))
-            keep[empty] = m[empty]
-        m = keep
-    elif pooling != "mean":
-        raise UserError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-    w = m.double().unsqueeze(-1)
-    return (h * w).sum(dim=1) / w.sum(dim=1)
+    return get_pooling(pooling).fn(h, mask.to(h.device).bool(), sink_multiple)
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
