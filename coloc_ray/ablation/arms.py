@@ -4,6 +4,9 @@ A placement is one of ``"S"`` (top-k sensitivity), ``"R"`` (a random control set
 influence), ``"all"`` (every layer) or ``None`` (that method is not used). An arm without any placement is
 the base model: it is never trained (the spine always evaluates the base model in ``base/``).
 Arms that do not use R are run once per training seed, not once per control seed.
+
+This registry is the only list of arms: study validation, the trial plan and the report read it. Adding an arm
+is one ``register_arm`` line below and its test (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def register_arm(arm: Arm) -> Arm:
     """Add an arm to the registry (later registration of the same name replaces it)."""
     for p in (arm.lora, arm.garfa):
         if p not in PLACEMENTS:
-            raise ValueError(f"arm {arm.name!r}: placement {p!r} is not one of {PLACEMENTS}")
+            raise ValueError(f"arm {arm.name!r}: placement {p!r} is not one of {', '.join(map(str, PLACEMENTS))}")
     ARMS[arm.name] = arm
     return arm
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from coloc_ray.ablation.arms import ARMS, resolve_placement
+from coloc_ray.ablation.arms import get_arm, resolve_placement
 from coloc_ray.errors import UserError
 
 
@@ -67,7 +67,7 @@ def plan_trials(arms: list[str], layer_sets: dict, control_seeds: list[int],
     the ``base`` arm is not a trial (the base model is always evaluated in ``base/``)."""
     out = []
     for name in arms:
-        arm = ARMS[name]
+        arm = get_arm(name)  # an unknown name: one line listing the arms
         if not arm.trains:
             continue
         for t in train_seeds:
