@@ -23,19 +23,6 @@ from coloc_ray.errors import UserError
 STRATEGIES = ("ddp", "fsdp", "zero3")
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 
-# Decoder block class per family: the FSDP wrap unit (one all-gather per block).
-DECODER_LAYER_CLASSES: dict[str, str] = {
-    "llama": "transformers.models.llama.modeling_llama.LlamaDecoderLayer",
-    "qwen2": "transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer",
-    "mistral": "transformers.models.mistral.modeling_mistral.MistralDecoderLayer",
-    "qwen3": "transformers.models.qwen3.modeling_qwen3.Qwen3DecoderLayer",
-    "qwen3_moe": "transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeDecoderLayer",
-    "gemma2": "transformers.models.gemma2.modeling_gemma2.Gemma2DecoderLayer",
-    "gemma3_text": "transformers.models.gemma3.modeling_gemma3.Gemma3DecoderLayer",
-    "phi3": "transformers.models.phi3.modeling_phi3.Phi3DecoderLayer",
-}
-
-
 def check_strategy(strategy: str) -> str:
     """Return ``strategy`` or raise a UserError listing the valid names."""
     if strategy not in STRATEGIES:
@@ -44,13 +31,15 @@ def check_strategy(strategy: str) -> str:
 
 
 def decoder_layer_class(model_type: str) -> type:
-    """The HF decoder-layer class of ``model_type`` (``config.model_type``)."""
-    try:
-        dotted = DECODER_LAYER_CLASSES[model_type]
-    except KeyError:
-        raise UserError(f"no FSDP wrap class for model_type {model_type!r}; known: "
-                        f"{', '.join(sorted(DECODER_LAYER_CLASSES))} (add it to DECODER_LAYER_CLASSES)") from None
-    module, name = dotted.rsplit(".", 1)
+    """The HF decoder-layer class of ``model_type`` (``config.model_type``): its family's ``decoder_layer``."""
+    from coloc_ray.models.families import FAMILIES
+
+    fam = FAMILIES.get(model_type)
+    if fam is None or not fam.decoder_layer:
+        known = sorted(n for n, f in FAMILIES.items() if f.decoder_layer)
+        raise UserError(f"no FSDP wrap class for model_type {model_type!r}; known: {', '.join(known)} "
+                        "(register_family() in coloc_ray/models/families.py adds one, with its decoder_layer)")
+    module, name = fam.decoder_layer.rsplit(".", 1)
     return getattr(importlib.import_module(module), name)
 
 

@@ -74,6 +74,16 @@ def register_garfa_family(model_type: str, extra_kwargs: Callable[[nn.Module], d
     GARFA_FAMILIES[model_type] = GarfaFamily(extra_kwargs, qkv)
 
 
+def garfa_family(model_type: str) -> GarfaFamily | None:
+    """The GarfaFamily of ``model_type``, or of the family it is an alias of (``ModelFamily.like``); None if none."""
+    from coloc_ray.models.families import FAMILIES
+
+    if model_type in GARFA_FAMILIES:
+        return GARFA_FAMILIES[model_type]
+    like = getattr(FAMILIES.get(model_type), "like", None)
+    return GARFA_FAMILIES.get(like) if like else None
+
+
 def _own_window(m: nn.Module) -> dict:
     return {"sliding_window": getattr(m, "sliding_window", None)}
 
@@ -217,16 +227,16 @@ def apply_garfa(model: nn.Module, layers: Sequence[int], c: float = GARFA_C) -> 
     base = unwrap_model(model)
     mtype = getattr(base.config, "model_type", "?")
     name = getattr(base.config, "_name_or_path", None) or mtype
-    if mtype not in GARFA_FAMILIES:
+    fam = garfa_family(mtype)
+    if fam is None:
         raise UserError(f"GARFA does not support model_type {mtype!r} (model {name!r}); supported: "
-                        f"{', '.join(sorted(GARFA_FAMILIES))} (register_garfa_family() adds one)")
+                        f"{', '.join(sorted(GARFA_FAMILIES))} and their aliases (register_garfa_family() adds one)")
     if get_garfa(base) is not None:
         raise UserError(f"model {name!r} already has GARFA applied; call remove_garfa(model) first")
     blocks = decoder_layers(base)
     layers = _check_layers(layers, len(blocks), name)
     rotary_embedding(base)  # a UserError for a model without RoPE
     attn0 = blocks[0].self_attn
-    fam = GARFA_FAMILIES[mtype]
     scalers = GarfaScalers(layers, base.config.num_key_value_heads, attn0.head_dim, c=c)
     scalers.to(device=layer_rope(base, 0)[0].device)
     scalers.rho.requires_grad_(True)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from coloc_ray.errors import UserError
 from coloc_ray.io import cache_root
+from coloc_ray.models.tiny import TINY_SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,7 @@ def register_alias(name: str, resolver: Callable[[], Path]) -> None:
 
 
 register_alias("smollm2-135m", _smollm2_dir)
-for _n in ("tiny-gqa", "tiny-qwen2", "tiny-mistral", "tiny-mha", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3",
-           "tiny-phi3", "tiny-qwen3-moe"):
+for _n in TINY_SHAPES:  # every tiny model (models/tiny.py) is an alias
     register_alias(_n, lambda _n=_n: _tiny_dir(_n))
 
 

@@ -1,12 +1,11 @@
 """Tiny random GQA models built in-process (tests, CI, smoke runs): no hub, no download.
 
 The tokenizer is byte-level (256 byte tokens + ChatML specials) with a ChatML chat template, so the
-chat/assistant-mask code paths run exactly as on SmolLM2.
+chat/assistant-mask code paths run exactly as on SmolLM2. Every name in ``TINY_SHAPES`` is a ``--model`` alias
+(``loading.py``); torch is imported on build, so the alias table costs no heavy import.
 """
 
 from __future__ import annotations
-
-import torch
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -79,6 +78,7 @@ def build_tiny(name: str = "tiny-gqa", seed: int = 0, **overrides):
     ``overrides`` change config fields (e.g. ``hidden_size=128, head_dim=32`` for vLLM's CPU attention, which
     needs head_dim >= 32); the aliases themselves never pass any.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, layers, hidden, heads, kv, inter = TINY_SHAPES[name]
@@ -108,6 +108,8 @@ def build_tiny(name: str = "tiny-gqa", seed: int = 0, **overrides):
 def _jitter_norms(model) -> None:
     """Draw every norm weight away from its init (ones, or zeros for Gemma's ``1 + w``), so a test that
     forgets a q/k norm or mixes up Gemma's offset fails (the older tiny aliases keep their plain init)."""
+    import torch
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name.rsplit(".", 2)[-2] and p.dim() == 1:
