@@ -40,7 +40,7 @@ def _naive(h, mask, name, sink_multiple=10.0):
 
 
 def test_shipped_poolings_are_registered_in_order():
-    assert list(pl.POOLINGS) == ["mean", "mean-nosink", "last"]
+    assert list(pl.POOLINGS)[:3] == ["mean", "mean-nosink", "last"]  # the shipped three first
     assert all(p.description for p in pl.POOLINGS.values())
 
 
@@ -77,16 +77,16 @@ def test_a_registered_pooling_is_accepted_everywhere(toy_pooling):
     torch.testing.assert_close(pool(h, mask, "max")[2], h[2, :2].max(0).values)
 
 
-@pytest.mark.parametrize("call", [lambda: check_pooling("max", 10.0), lambda: pool(*_batch(), "max")])
+@pytest.mark.parametrize("call", [lambda: check_pooling("nope", 10.0), lambda: pool(*_batch(), "nope")])
 def test_unknown_pooling_is_one_line_listing_the_valid_names(call):
     with pytest.raises(UserError) as e:
         call()
     msg = str(e.value)
-    assert "\n" not in msg and "'max'" in msg and all(n in msg for n in ("mean", "mean-nosink", "last"))
+    assert "\n" not in msg and "'nope'" in msg and all(n in msg for n in ("mean", "mean-nosink", "last"))
 
 
 def test_unknown_pooling_in_a_study_lists_the_valid_names():
     from coloc_ray.ablation.study_config import schema_errors
 
-    errs = schema_errors({"name": "x", "model": "tiny-gqa", "probes": {"pooling": "max"}}, where="s.yaml")
+    errs = schema_errors({"name": "x", "model": "tiny-gqa", "probes": {"pooling": "nope"}}, where="s.yaml")
     assert len(errs) == 1 and "probes.pooling" in errs[0] and "mean, mean-nosink, last" in errs[0]
