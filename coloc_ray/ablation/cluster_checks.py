@@ -59,7 +59,7 @@ def tracking_error(uri: str, num_nodes: int) -> str | None:
 
 def needs_offline_data(cfg) -> bool:
     """Whether the study reads ``$COLOC_DATA``: offline benchmarks, offline training data or default probe texts."""
-    training = (cfg.training.data or {}).get("source", "offline") == "offline"
+    training = cfg.training.data.source == "offline"
     probes = not cfg.probes.skip and cfg.probes.eval_data is None
     return cfg.evaluation.source == "offline" or training or probes
 

@@ -119,9 +119,16 @@ def _refuse_job_tempdir(root: str) -> None:
 
 # Keys a study may change between runs into one storage: they decide how trials run, not what they compute.
 # Seeds may grow (new trials); the analysis may be re-run with more permutations. Finished trials keep their
-# own config hash, checked again before reuse.
+# own config hash, checked again before reuse. Every other key of the training / evaluation sections (all of
+# FinetuneConfig's and EvalConfig's study keys, ``sections.py``) is in each trial's hash.
 FREE_KEYS = ("resources", "max_concurrent_trials", "max_failures", "control_seeds", "train_seeds",
-             "cost_per_gpu_hour", "storage_path", "output_dir", "tracking_uri", "experiment", "probes.n_perm")
+             "cost_per_gpu_hour", "storage_path", "output_dir", "tracking_uri", "experiment", "probes.n_perm",
+             "training.log_every", "training.checkpoint_every", "training.max_failures",
+             "evaluation.evalplus_workers")
+
+
+def _free(key: str) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in FREE_KEYS)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -132,22 +139,37 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_same_study(mirror: Path, study: dict, where: str) -> None:
-    """A study storage belongs to one config: refuse a different one before anything is replaced."""
+def _normalised(old: dict) -> dict:
+    """An earlier ``study.json`` as this version writes it (old section layouts read as today's), or as it is."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # an old layout is expected here: nothing to fix
+            return StudyConfig.model_validate(old).resolved()
+    except (ValueError, TypeError):  # not a study this version reads: compared key by key as it is
+        return old
+
+
+def _check_same_study(mirror: Path, study: dict, where: str) -> dict | None:
+    """A study storage belongs to one config: refuse a different one before anything is replaced.
+
+    Returns the earlier ``study.json`` as it was written (None when there is none): its trials' hashes were
+    computed from it, possibly by an older section layout (:func:`_check_done_trials`)."""
     old_file = mirror / "study.json"
     if not old_file.is_file():
-        return
+        return None
     try:
-        old = _flat(read_json(old_file))
+        previous = read_json(old_file)
     except ValueError:
         raise UserError(f"{where}/study.json is corrupt (not JSON); restore it or use a new output_dir") from None
-    new = _flat(study)
-    free = lambda k: any(k == f or k.startswith(f + ".") for f in FREE_KEYS)  # noqa: E731
-    changed = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k) != new.get(k))
+    old, new = _flat(_normalised(previous)), _flat(study)
+    changed = sorted(k for k in set(old) | set(new) if not _free(k) and old.get(k) != new.get(k))
     if changed:
         raise UserError(f"{where} holds a study run with another study config (differs in: {', '.join(changed)}); "
                         "its probes, layer sets and trials belong to that config: use a new output_dir, or put "
                         "the old settings back (`coloc resume` continues it as it was)")
+    return previous
 
 
 def resolve_paths(cfg: StudyConfig) -> StudyConfig:
@@ -214,15 +236,26 @@ def _trial_specs(cfg: StudyConfig, study: dict, sets: dict) -> list[dict]:
     base = {"trial_id": "base", "arm": "base", "control_seed": None, "train_seed": 0, "lora_layers": [],
             "garfa_layers": []}
     specs = [base] + [s.to_dict() for s in plan_trials(cfg.arms, sets, cfg.control_seed_list, cfg.train_seed_list)]
-    common = {"model": cfg.model, "evaluation": study["evaluation"]}
+    sections = {key: {k: v for k, v in study[key].items() if not _free(f"{key}.{k}")}
+                for key in ("training", "evaluation")}  # every field of the section models, less FREE_KEYS
     for s in specs:
-        deps = {**common, **({"training": study["training"]} if s["arm"] != "base" else {})}
-        s["config_hash"] = config_hash({**deps, **{k: v for k, v in s.items() if k != "config_hash"}})
+        s["config_hash"] = _spec_hash(s, cfg.model, sections)
     return specs
 
 
-def _check_done_trials(store, specs: list[dict]) -> list[dict]:
-    """Specs still to run. A finished trial from another config is an error, never silently reused."""
+def _spec_hash(spec: dict, model: str, sections: dict) -> str:
+    """What a trial's result depends on: the model, the evaluation (and training) sections, the trial itself."""
+    deps = {"model": model, "evaluation": sections["evaluation"],
+            **({"training": sections["training"]} if spec["arm"] != "base" else {})}
+    return config_hash({**deps, **{k: v for k, v in spec.items() if k != "config_hash"}})
+
+
+def _check_done_trials(store, specs: list[dict], previous: dict | None = None) -> list[dict]:
+    """Specs still to run. A finished trial from another config is an error, never silently reused.
+
+    ``previous``: the storage's earlier ``study.json``, already found equivalent to this config (FREE_KEYS aside).
+    A trial hashed from its sections as written (an older layout of the sections) is the same trial: its
+    ``.done`` gets today's hash, so the next resume needs no earlier file."""
     pending = []
     for s in specs:
         rel = trial_rel(s)
@@ -230,6 +263,11 @@ def _check_done_trials(store, specs: list[dict]) -> list[dict]:
             pending.append(s)
             continue
         got = store.read_text(f"{rel}/{DONE}").strip() if store.is_file(f"{rel}/{DONE}") else "?"
+        if got != s["config_hash"] and previous and "training" in previous and "evaluation" in previous \
+                and got == _spec_hash(s, previous.get("model"), previous):
+            log.info("trial %s: hashed by an earlier study layout; recording today's hash", s["trial_id"])
+            store.write_text(f"{rel}/{DONE}", s["config_hash"])
+            got = s["config_hash"]
         if got != s["config_hash"]:
             raise UserError(f"{store.uri(rel)} holds a result from another study config (hash {got} != "
                             f"{s['config_hash']}); use a new output_dir or delete that folder")
@@ -295,7 +333,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
         data_dir = check_cluster(cfg, store)  # every node: storage, data, tracking; nothing written before
         mirror = _mirror(store)
         _pull(store, mirror)
-        _check_same_study(mirror, study, store.root)
+        previous = _check_same_study(mirror, study, store.root)
         write_json(mirror / "study.json", study)
         _push(store, mirror, "study.json")
         tracker = _parent_tracker(cfg, mirror)
@@ -312,7 +350,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
         specs = _trial_specs(cfg, study, sets)
         _write_plan(cfg, mirror, specs)
         _push(store, mirror, "plan.json")
-        _run_arms(cfg, study, store, mirror, specs, stages, tracker.run_id, echo, data_dir)
+        _run_arms(cfg, study, store, mirror, specs, stages, tracker.run_id, echo, data_dir, previous)
         report = _report(store, mirror, specs, stages, tracker)
         tracker.end("FINISHED")
     except BaseException:
@@ -336,11 +374,11 @@ def _write_plan(cfg: StudyConfig, study_dir: Path, specs: list[dict]) -> None:
 
 
 def _run_arms(cfg: StudyConfig, study: dict, store, mirror: Path, specs: list[dict], stages: Stages,
-              parent_run_id: str | None, echo: bool, data_dir: str | None) -> None:
+              parent_run_id: str | None, echo: bool, data_dir: str | None, previous: dict | None = None) -> None:
     """Base eval + arm trials on Ray Tune, skipping finished ones; StudyIncomplete if any is left unfinished."""
     from coloc_ray.ablation.tune_trials import run_trials
 
-    pending = _check_done_trials(store, specs)
+    pending = _check_done_trials(store, specs, previous)
     board = ProgressBoard(store.root, specs, cfg.training.max_steps, cfg.max_concurrent_trials, echo=echo)
     for s in specs:
         if s not in pending:

@@ -10,10 +10,11 @@ one seed was 123), ``train_seeds: 2`` -> ``[0, 1]``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from coloc_ray.ablation.sections import EvalSettings, TrainingSettings
 from coloc_ray.errors import UserError
 
 PAPER_CONTROL_SEED = 123  # METHOD 7: the paper drew R once, with seed 123
@@ -60,46 +61,6 @@ class LayerSetSettings(_Strict):
         None, description="Give S explicitly (k layers) instead of taking the top-k of the sensitivity probe")
 
 
-class TrainingSettings(_Strict):
-    """The fine-tune of every trial (METHOD 4, 6). Keys mirror coloc_ray.finetune.config.FinetuneConfig;
-    the study fills in model, layer sets, seed, workers and tracking per trial."""
-
-    max_steps: int = Field(3000, ge=1, description="Optimizer steps per trial")
-    lr: float = Field(2e-4, gt=0, description="LoRA learning rate eta")
-    garfa_lr_ratio: float = Field(5.0, gt=0, description="GARFA learning rate as a multiple of lr")
-    batch_size: int = Field(4, ge=1, description="Per-device batch size")
-    grad_accum: int = Field(4, ge=1, description="Gradient accumulation steps (effective batch = batch x accum)")
-    max_len: int = Field(1024, ge=8, description="Training sequence length in tokens")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Linear warm-up fraction of the cosine schedule")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    lora_r: int = Field(16, ge=1, description="LoRA rank r")
-    lora_alpha: float = Field(32, gt=0, description="LoRA alpha")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
-    quant: Literal["none", "4bit", "auto"] = Field("auto", description="QLoRA base: 4bit NF4 (CUDA), none, "
-                                                                      "auto = 4bit iff CUDA")
-    data: dict[str, Any] = Field({}, description="FinetuneConfig.data: source (offline|hub), datasets, "
-                                                 "max_records")
-    eval_every: int | None = Field(None, ge=1, description="Held-out loss every N steps (null = fine-tune default)")
-    extra: dict[str, Any] = Field({}, description="Further FinetuneConfig fields, passed through unchanged")
-
-
-class EvalSettings(_Strict):
-    """METHOD 8: benchmarks run on the base model and on every trial's adapter."""
-
-    benchmarks: list[str] = Field(default_factory=lambda: list(_benchmark_names()), min_length=1,
-                                  description="Benchmark registry names (default: all, in registry order)")
-    limit: int | None = Field(None, ge=1, description="Items per benchmark (null = all)")
-    seed: int = Field(1234, description="Evaluation seed (few-shot draws, option orders, `limit` subsets): one "
-                                        "for every arm and the base model, separate from the training seeds, "
-                                        "so every arm is scored on the same prompts (METHOD 8)")
-    source: Literal["offline", "hub"] = Field("offline", description="offline = data/ copies; hub = lm-eval tasks")
-    backend: Literal["hf", "vllm", "auto"] = Field(
-        "hf", description="Generation backend (auto = the vLLM engine where its venv is found, else hf)")
-    max_new_tokens: int = Field(512, ge=1, description="Generation budget for generative benchmarks")
-    batch_size: int = Field(8, ge=1, description="Evaluation batch size")
-    extra: dict[str, Any] = Field({}, description="Further EvalConfig fields, passed through unchanged")
-
-
 class ResourceSettings(_Strict):
     """What one trial uses. The trial function holds cpus/gpus_per_trial for its whole life; its Ray Train
     workers hold theirs while the fine-tune runs (Ray Train gang-schedules them); its evaluation then holds
@@ -133,8 +94,10 @@ class StudyConfig(_Strict):
     control_seeds: list[int] | int = Field([PAPER_CONTROL_SEED], description="Seeds drawing R: a list, or a "
                                                                           "count n = 123..123+n-1")
     train_seeds: list[int] | int = Field([0], description="Training seeds (replicates): a list, or a count n = 0..n-1")
-    training: TrainingSettings = Field(default_factory=TrainingSettings, description="Fine-tune settings")
-    evaluation: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation settings")
+    training: TrainingSettings = Field(default_factory=TrainingSettings,
+                                       description="Fine-tune settings: FinetuneConfig's keys (sections.py)")
+    evaluation: EvalSettings = Field(default_factory=EvalSettings,
+                                     description="Evaluation settings: EvalConfig's keys (sections.py)")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-trial resources")
     max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once on Ray Tune")
     max_failures: int = Field(1, ge=0, description="Retries of a failed trial before it counts as errored")

@@ -83,11 +83,10 @@ def real_top_k_layers(scores: list, k: int) -> list:
 
 
 def finetune_config_dict(study: dict, spec: dict, parent_run_id: str | None) -> dict:
-    """The study's training block + this trial's layer sets, seed, workers and tracking, as FinetuneConfig keys."""
+    """The study's training section (FinetuneConfig's keys already) + this trial's ``sections.TRIAL_KEYS``: layer
+    sets, seed, workers and tracking. ``extra`` keys (a custom stage's) go last, unchanged."""
     t, r = dict(study["training"]), study["resources"]
-    extra, data = t.pop("extra"), t.pop("data")
-    if t.get("eval_every") is None:
-        t.pop("eval_every")
+    extra = t.pop("extra", {})
     d = {**t, "model": study["model"], "lora_layers": spec["lora_layers"], "garfa_layers": spec["garfa_layers"],
          "seed": spec["train_seed"], "num_workers": r["workers_per_trial"], "cpus_per_worker": r["cpus_per_worker"],
          "use_gpu": r["gpus_per_worker"] > 0, "tracking_uri": study.get("tracking_uri"),
@@ -95,8 +94,6 @@ def finetune_config_dict(study: dict, spec: dict, parent_run_id: str | None) -> 
          "parent_run_id": parent_run_id, "tracking": parent_run_id is not None, **extra}
     if r["gpus_per_worker"] > 0:
         d["gpus_per_worker"] = r["gpus_per_worker"]
-    if data:
-        d["data"] = data
     return d
 
 
@@ -122,8 +119,8 @@ def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict) -> dict:
     """The trial's EvalConfig fields. The seed is the study's evaluation seed (``evaluation.seed``), the
     same for every arm and the base model, never the trial's training seed: replicates of an arm must
     differ by their training only, not by their few-shot contexts, option orders or ``limit`` items."""
-    e = dict(study["evaluation"])
-    extra = e.pop("extra")
+    e = dict(study["evaluation"])  # EvalConfig's keys already, less sections.TRIAL_KEYS
+    extra = e.pop("extra", {})
     experiment = study.get("experiment") or f"coloc-{study['name']}"
     return {**e, "model": study["model"], "adapter": adapter_dir,
             "tracking_uri": study.get("tracking_uri"), "experiment": experiment, **extra}

@@ -37,7 +37,7 @@ def test_trial_configs_carry_the_trial_and_the_study_settings():
     got = (ft["max_steps"], ft["lr"], ft["seed"], ft["lora_layers"], ft["garfa_layers"])
     assert got == (7, 1e-3, 1, [2, 3], [0, 1])
     assert (ft["num_workers"], ft["cpus_per_worker"], ft["use_gpu"]) == (2, 0.25, False)
-    assert ft["data"] == {"max_records": 5} and ft["log_every"] == 3 and ft["parent_run_id"] == "parent123"
+    assert ft["data"]["max_records"] == 5 and ft["log_every"] == 3 and ft["parent_run_id"] == "parent123"
     from coloc_ray.finetune.config import FinetuneConfig
 
     FinetuneConfig.model_validate(ft)  # the real config accepts every key the study produces

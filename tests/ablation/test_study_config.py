@@ -34,7 +34,7 @@ def test_demo_study_is_the_documented_shape():
     assert cfg.control_seed_list == [123] and len(cfg.train_seed_list) == 1
     assert cfg.probes.rope_layers is None  # all 30 layers probed
     assert set(cfg.evaluation.benchmarks) == {"mmlu", "gpqa", "humanevalplus"}
-    assert cfg.training.extra["heldout_fraction"] == 0.1
+    assert cfg.training.heldout_fraction == 0.1 and cfg.training.extra == {}  # a FinetuneConfig key, as such
 
 
 def _base(**over) -> dict:
@@ -149,11 +149,14 @@ def test_study_dir_and_resolved(tmp_path):
 def test_training_and_eval_blocks_checked_against_the_real_stage_configs():
     d = _base()
     d["training"]["extra"] = {"bogus_knob": 1}
-    d["evaluation"]["extra"] = {"n_bootstrap": 5}
+    d["evaluation"]["extra"] = {"bogus_eval": 5}  # extra: a custom stage's keys; the real stages refuse them
     errs = validate_study(StudyConfig.model_validate(d))
     assert any("training.extra.bogus_knob" in e for e in errs), errs
-    assert any("evaluation.extra.n_bootstrap" in e for e in errs), errs
+    assert any("evaluation.extra.bogus_eval" in e for e in errs), errs
     assert validate_study(StudyConfig.model_validate(d), stage_configs=False) == []
+    # the stage configs' own keys are section keys, checked with the schema (EvalConfig's bound, n_bootstrap >= 100)
+    d["evaluation"] = {"n_bootstrap": 5}
+    assert any(e.startswith("study: evaluation.n_bootstrap = 5") for e in schema_errors(d))
 
 
 def _smollm2_gguf() -> Path:
