@@ -27,8 +27,8 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(v, Mapping):
             out.update(_flatten(v, key + "."))
         else:
-            s = json.dumps(v, default=str) if isinstance(v, (list, tuple)) else str(v)
-            out[key] = s[:6000]  # MLflow caps param values at 6000 characters
+            # MLflow itself truncates values over its 6000-character cap (MLFLOW_TRUNCATE_LONG_VALUES).
+            out[key] = json.dumps(v, default=str) if isinstance(v, (list, tuple)) else str(v)
     return out
 
 
@@ -107,10 +107,9 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        flat = _flatten(params)
-        items = [Param(k[:250], v) for k, v in flat.items()]
-        for i in range(0, len(items), 100):
-            self._client.log_batch(self.run_id, params=items[i:i + 100])
+        # MlflowClient.log_batch splits into MLflow's per-request limits itself (100 params, 1000 metrics).
+        # Keys over MLflow's 250-character cap are an error there, not truncated: shorten them here.
+        self._client.log_batch(self.run_id, params=[Param(k[:250], v) for k, v in _flatten(params).items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
@@ -120,27 +119,22 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self.enabled:
             return
-        import time
-
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
-        for i in range(0, len(items), 1000):
-            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        self._log_points([(k, v, step or 0) for k, v in metrics.items() if v is not None])
 
     def log_series(self, name: str, values, start_step: int = 0) -> None:
         """Log ``values[i]`` as metric ``name`` at step ``start_step + i`` (e.g. one point per layer)."""
         if not self.enabled:
             return
+        self._log_points([(name, v, start_step + i) for i, v in enumerate(values)])
+
+    def _log_points(self, points: list[tuple[str, float, int]]) -> None:
+        """One ``log_batch`` for ``(key, value, step)`` points: MlflowClient chunks it to MLflow's limits."""
         import time
 
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(name), float(v), ts, start_step + i) for i, v in enumerate(values)]
-        for i in range(0, len(items), 1000):
-            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        self._client.log_batch(self.run_id, metrics=[Metric(_metric_key(k), float(v), ts, s) for k, v, s in points])
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         if not self.enabled:
