@@ -59,7 +59,7 @@ def _study(tmp_path) -> Path:
     d.update(name="tiny_mn", arms=["A", "D"], control_seeds=[123], train_seeds=[0], max_failures=2)
     d["evaluation"].update(benchmarks=["arc_challenge"], limit=1)
     d["probes"].update(num_workers=2)
-    d["training"].update(max_steps=8, max_len=256, extra={"checkpoint_every": 2, "log_every": 1})
+    d["training"].update(max_steps=8, max_len=256, checkpoint_every=2, log_every=1)
     d["resources"] = {"cpus_per_trial": 0.5, "workers_per_trial": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 1,
                       "gpus_per_eval": 1, "cpus_per_eval": 0.5, "start_timeout_s": 120}
     p = tmp_path / "tiny_mn.yaml"
