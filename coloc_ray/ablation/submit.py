@@ -211,20 +211,6 @@ def runtime_env(working_dir: Path, address: str, tracking_uri: str | None = None
     return {"working_dir": str(working_dir), "excludes": upload_excludes(working_dir), "env_vars": env_vars}
 
 
-def _readable_progress(study_dir: str) -> bool:
-    """Whether this machine can read the study's ``progress.json`` (a shared path, or the bucket with our
-    credentials); any failure to reach it just means: use the job's log instead."""
-    from coloc_ray.ablation.progress import PROGRESS
-    from coloc_ray.storage import Storage, is_uri
-
-    if not is_uri(study_dir):
-        return Path(study_dir).is_absolute() and (Path(study_dir) / PROGRESS).is_file()
-    try:
-        return Storage(study_dir).is_file(PROGRESS)
-    except Exception:  # noqa: BLE001 - no credentials, no network: fall back to the log
-        return False
-
-
 def _cluster_storage(study: Path, dest: str | None, name: str) -> str:
     """Where a submitted study writes: storage every node sees, never Ray's temporary job directory."""
     from coloc_ray.storage import is_uri
@@ -371,25 +357,32 @@ def wait_for_job(address: str, job_id: str, token_file: str | None = None, timeo
         time.sleep(poll_s)
 
 
-def table_from_logs(logs: str) -> str | None:
-    """The last trial table the job printed (``progress.format_table``: a header row ... ``[... study ETA ...]``)."""
-    import re
+def trial_table(info: dict) -> str:
+    """The live trial table, from the ``progress.json`` the study keeps in its storage (never from the job's log).
 
-    lines = logs.splitlines()
-    heads = [i for i, ln in enumerate(lines) if re.match(r"^trial_id\s+arm\s+ctrl\s+train\s+state", ln)]
-    for i in reversed(heads):
-        for j in range(i + 1, len(lines)):
-            if re.match(r"^\[.*study ETA", lines[j]):
-                return "\n".join(lines[i:j + 1])
-    return None
+    Args:
+        info: :func:`job_info` of the job; its ``coloc.study_dir`` metadata names the study's storage.
 
-
-def trial_table(info: dict, logs: str | None) -> str:
-    """The live trial table: from ``progress.json`` when the study dir is reachable here, else the job's logs."""
-    from coloc_ray.ablation.progress import render_progress
+    Returns:
+        The table, or one line saying why there is none (not started yet, or the storage is not readable here
+        and how to fix that).
+    """
+    from coloc_ray.ablation.progress import PROGRESS, format_table
+    from coloc_ray.storage import Storage, is_uri
 
     study_dir = info.get("metadata", {}).get(f"{META_PREFIX}study_dir", "")
-    if study_dir and _readable_progress(study_dir):
-        return render_progress(study_dir)
-    table = table_from_logs(logs or "")
-    return table or "(no trial table yet: the study has not started its trials)"
+    if not study_dir:
+        return "(no trial table: this job was not sent by coloc submit)"
+    where = f"{study_dir.rstrip('/')}/{PROGRESS}"
+    if not is_uri(study_dir) and not (Path(study_dir).is_absolute() and Path(study_dir).is_dir()):
+        why = "no such directory on this machine"  # a cluster volume not mounted here, or the job's own dir
+    else:
+        try:
+            store = Storage(study_dir)
+            if not store.is_file(PROGRESS):
+                return "(no trial table yet: the study has not started its trials)"
+            return format_table(store.read_json(PROGRESS))
+        except Exception as e:  # noqa: BLE001 - no credentials, no network, a half-written file: say which
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return (f"(no trial table: {where} is not readable here: {why}; mount that volume here or give this machine "
+            "credentials for the bucket, or see the tables the job printed with `coloc logs JOB`)")

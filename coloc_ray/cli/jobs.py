@@ -99,8 +99,9 @@ def _status(args) -> int:
         uri = meta.get("coloc.tracking_uri") or "the cluster's MLFLOW_TRACKING_URI"
         print(f"study {meta['coloc.study']} ({meta.get('coloc.study_file')}); "
               f"study dir {meta.get('coloc.study_dir')}; MLflow {uri}")
-    logs = sb.job_logs(args.address, args.job_id, args.token_file)
-    print(sb.trial_table(info, logs[-200_000:]))
+    print(sb.trial_table(info))
+    if info["status"] == "FAILED":  # the log is for errors; the table comes from progress.json
+        print("\n".join(sb.job_logs(args.address, args.job_id, args.token_file).splitlines()[-40:]), file=sys.stderr)
     return 0
 
 

@@ -55,31 +55,31 @@ def test_bad_address_and_unreachable_are_user_errors(no_auth_env):
         sb.connect(f"http://127.0.0.1:{free_port()}")
 
 
-def test_table_from_logs_takes_the_last_table():
-    from coloc_ray.ablation.progress import format_table
-
-    def snap(state, step):
-        return {"counts": {state: 1}, "eta_s": 5.0, "trials": [
-            {"trial_id": "A-c123-t0", "arm": "A", "control_seed": 123, "train_seed": 0, "state": state,
-             "phase": "finetune", "step": step, "total_steps": 2, "loss": 1.5, "eta_s": 3.0}]}
-
-    first, last = format_table(snap("RUNNING", 1)), format_table(snap("DONE", 2))
-    logs = f"starting\n{first}\n(pid=12) some tune noise\n{last}\nstudy tiny_test: 1 trials done\n"
-    assert sb.table_from_logs(logs) == last
-    assert sb.table_from_logs("no table here\n") is None
-    info = {"metadata": {"coloc.study_dir": "runs/x"}}  # relative: not reachable here -> logs
-    assert sb.trial_table(info, logs) == last
-
-
-def test_trial_table_prefers_progress_json(tmp_path):
+def test_trial_table_reads_progress_json(tmp_path):
     from coloc_ray.ablation.progress import ProgressBoard, render_progress
 
+    info = {"metadata": {"coloc.study_dir": str(tmp_path)}}
+    assert "not started" in sb.trial_table(info)  # the storage is here, no progress.json yet
     board = ProgressBoard(tmp_path, [{"trial_id": "D-c124-t0", "arm": "D", "control_seed": 124, "train_seed": 0}],
                           total_steps=2, echo=False)
     board.update("D-c124-t0", state="RUNNING", phase="finetune", step=1)
     board.flush(force=True)
-    got = sb.trial_table({"metadata": {"coloc.study_dir": str(tmp_path)}}, "stale logs")
-    assert got == render_progress(tmp_path) and "D-c124-t0" in got and "RUNNING" in got
+    got = sb.trial_table(info)
+    assert got == render_progress(tmp_path) and "D-c124-t0" in got and "RUNNING" in got and "1/2" in got
+    board.update("D-c124-t0", state="DONE", step=2)
+    board.flush(force=True)
+    assert "DONE" in sb.trial_table(info) and "RUNNING" not in sb.trial_table(info)  # re-read, not cached
+
+
+def test_trial_table_unreadable_storage_is_one_line_with_the_fix(tmp_path):
+    gone = {"metadata": {"coloc.study_dir": str(tmp_path / "on-the-cluster-only")}}
+    relative = {"metadata": {"coloc.study_dir": "runs/x"}}
+    (tmp_path / "progress.json").write_text('{"trials": [')  # half-written
+    broken = {"metadata": {"coloc.study_dir": str(tmp_path)}}
+    for info in (gone, relative, broken):
+        msg = sb.trial_table(info)
+        assert len(msg.splitlines()) == 1 and "progress.json is not readable here" in msg and "coloc logs" in msg
+    assert "not sent by coloc submit" in sb.trial_table({"metadata": {}})
 
 
 def test_study_outside_checkout_is_staged(tmp_path):
