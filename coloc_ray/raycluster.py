@@ -112,7 +112,11 @@ def _free_loopback_port() -> int:
 
 def _loopback_even_if_imported_early() -> None:
     """Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is first imported: a caller that
-    imported ray before :func:`loopback_env` ran would start a node on the machine's other interface."""
+    imported ray before :func:`loopback_env` ran would start a node on the machine's other interface.
+
+    The environment variable is Ray's public switch, but only at import; no public API changes it afterwards,
+    so this is the one place that sets ``ray._private.ray_constants`` (Ray is pinned; tests/cluster covers it).
+    """
     from ray._private import ray_constants
 
     if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0" and ray_constants.ENABLE_RAY_CLUSTER:

@@ -205,7 +205,7 @@ def _loggers_to_root(names: tuple[str, ...]) -> Callable[[], None]:
     ``ray.init(configure_logging=False)`` even leaves Ray's without a handler (logging's last resort then
     prints its warnings raw). Send their records through the root handlers. Returns an undo function."""
     try:
-        import ray._private.log  # noqa: F401  (configures the "ray" logger once, on import)
+        import ray  # noqa: F401  (importing ray configures the "ray" logger once: handler + propagate=False)
     except ImportError:
         pass
     saved = []
@@ -236,7 +236,11 @@ RAY_HANDLER = "ray_print_logs"  # the name ray.init registers its printer under 
 def route_ray_worker_output(path: Path, verbose: bool) -> Callable[[], None]:
     """Send what Ray forwards from worker processes to ``path``; on the console only when ``verbose``,
     except raylet lines (e.g. the OOM killer) and warnings, once each. Works whether or not Ray has
-    started yet (it swaps the printer ``ray.init`` registers, now or later). Returns an undo function."""
+    started yet (it swaps the printer ``ray.init`` registers, now or later). Returns an undo function.
+
+    Ray has no public hook for the worker output it forwards (``log_to_driver`` is all or nothing), so this is
+    the one place that reaches into ``ray._private.ray_logging``; Ray is pinned, and tests/console fails if it moves.
+    """
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     sink = _WorkerLogSink(path, verbose)

@@ -154,14 +154,25 @@ def upload_list(working_dir: Path, excludes: list[str]) -> list[str]:
     """The files Ray would upload for ``working_dir`` with ``excludes`` (Ray's own packing code, into a temp zip)."""
     import zipfile
 
+    with tempfile.TemporaryDirectory(prefix="coloc-upload-") as d:
+        z = Path(d) / "pkg.zip"
+        _ray_pack(working_dir, excludes, z)
+        return sorted(n for n in zipfile.ZipFile(z).namelist() if not n.endswith("/"))
+
+
+def _ray_pack(working_dir: Path, excludes: list[str], zip_path: Path) -> None:
+    """Zip ``working_dir`` exactly as a Ray job's working_dir is packed: Ray's default excludes (or
+    ``$RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES``), every ``.gitignore`` in the tree, then ``excludes``.
+
+    Ray has no public API that packs or lists a working_dir (``JobSubmissionClient.submit_job`` packs and
+    uploads in one step), so this is the one place that uses ``ray._private`` for it; Ray is pinned in
+    pyproject, and the upload_list / stage_working_dir tests fail if these names move.
+    """
     from ray._private import ray_constants
     from ray._private.runtime_env.packaging import _zip_files
 
-    with tempfile.TemporaryDirectory(prefix="coloc-upload-") as d:
-        z = Path(d) / "pkg.zip"
-        _zip_files(str(working_dir), ray_constants.get_runtime_env_default_excludes() + list(excludes), str(z),
-                   include_gitignore=True)
-        return sorted(n for n in zipfile.ZipFile(z).namelist() if not n.endswith("/"))
+    _zip_files(str(working_dir), ray_constants.get_runtime_env_default_excludes() + list(excludes), str(zip_path),
+               include_gitignore=True)
 
 
 def _study_in_project(study: Path, project: Path) -> str | None:
@@ -174,19 +185,15 @@ def _study_in_project(study: Path, project: Path) -> str | None:
 def stage_working_dir(project: Path, study: Path) -> tuple[Path, str]:
     """A temp copy of the project code with ``study`` inside it (for a study file outside the checkout).
 
-    The copy leaves out what :func:`upload_excludes` leaves out, matched the way Ray matches them.
+    The copy is what Ray would upload of ``project`` (:func:`_ray_pack` with :func:`upload_excludes`, unzipped).
     """
-    from ray._private.thirdparty.pathspec import PathSpec  # Ray's own matcher (Ray is pinned)
-
-    spec = PathSpec.from_lines("gitwildmatch", upload_excludes(project))
-
-    def ignore(dirpath, names):
-        rel = Path(dirpath).relative_to(project)
-        return {n for n in names if spec.match_file((rel / n).as_posix())
-                or ((Path(dirpath) / n).is_dir() and spec.match_file((rel / n).as_posix() + "/"))}
+    import zipfile
 
     tmp = Path(tempfile.mkdtemp(prefix="coloc-submit-"))
-    shutil.copytree(project, tmp / "project", ignore=ignore)
+    _ray_pack(project, upload_excludes(project), tmp / "pkg.zip")
+    with zipfile.ZipFile(tmp / "pkg.zip") as z:
+        z.extractall(tmp / "project")
+    (tmp / "pkg.zip").unlink()
     rel = f".coloc_submit/{study.name}"
     (tmp / "project" / rel).parent.mkdir(parents=True)
     shutil.copy2(study, tmp / "project" / rel)

@@ -174,6 +174,7 @@ def test_staged_copy_leaves_out_secrets(tmp_path):
         kept = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file() and ".git/" not in
                       p.relative_to(work).as_posix() + "/")
         assert kept == sorted(KEEP + [rel])
+        assert kept == sorted(sb.upload_list(proj, sb.upload_excludes(proj)) + [rel])  # the same packer as Ray's
     finally:
         import shutil
 
