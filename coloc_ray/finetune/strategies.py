@@ -15,7 +15,6 @@ FSDP can flatten and shard beside the bf16 LoRA weights.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 from coloc_ray.errors import UserError
@@ -30,26 +29,36 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-def decoder_layer_class(model_type: str) -> type:
-    """The HF decoder-layer class of ``model_type`` (``config.model_type``): its family's ``decoder_layer``."""
-    from coloc_ray.models.families import FAMILIES
+def fsdp_wrap_classes(model) -> set[type]:
+    """The classes FSDP wraps as one unit each: the model's own ``_no_split_modules`` (the HF blocks that must
+    not be split across devices, i.e. its decoder layers), resolved by name among the model's modules.
 
-    fam = FAMILIES.get(model_type)
-    if fam is None or not fam.decoder_layer:
-        known = sorted(n for n, f in FAMILIES.items() if f.decoder_layer)
-        raise UserError(f"no FSDP wrap class for model_type {model_type!r}; known: {', '.join(known)} "
-                        "(register_family() in coloc_ray/models/families.py adds one, with its decoder_layer)")
-    module, name = fam.decoder_layer.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
+    Args:
+        model: an HF causal LM, or one wrapped by PEFT / DDP.
+
+    Raises:
+        UserError: the model names no such blocks (or none of its modules has a named class).
+    """
+    from coloc_ray.models import unwrap_model
+
+    base = unwrap_model(model)
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    classes = {type(m) for m in base.modules() if type(m).__name__ in names}
+    if not classes:
+        mtype = getattr(getattr(base, "config", None), "model_type", type(base).__name__)
+        raise UserError(f"model type {mtype!r} ({type(base).__name__}) declares no decoder blocks in "
+                        f"_no_split_modules (got {sorted(names)}), so FSDP cannot tell what to wrap; use strategy "
+                        "ddp or zero3, or set _no_split_modules to its decoder-layer class name")
+    return classes
 
 
-def fsdp_kwargs(model_type: str, *, mixed_precision: str | None = "bf16", cpu_offload: bool = False,
+def fsdp_kwargs(model, *, mixed_precision: str | None = "bf16", cpu_offload: bool = False,
                 sharding: str = "FULL_SHARD", use_orig_params: bool = True,
                 device_id: Any = None, sync_module_states: bool | None = None) -> dict[str, Any]:
     """Keyword arguments for ``torch.distributed.fsdp.FullyShardedDataParallel``.
 
     Args:
-        model_type: HF ``config.model_type``; selects the decoder-layer class to wrap.
+        model: the model to wrap; its decoder-layer classes (:func:`fsdp_wrap_classes`) are the FSDP units.
         mixed_precision: ``"bf16"`` (params, reductions and buffers in bf16) or None (fp32).
         cpu_offload: offload sharded parameters to CPU between uses.
         sharding: a ``ShardingStrategy`` name (FULL_SHARD = ZeRO-3 semantics).
@@ -77,7 +86,7 @@ def fsdp_kwargs(model_type: str, *, mixed_precision: str | None = "bf16", cpu_of
     if mixed_precision == "bf16":
         mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16, buffer_dtype=torch.bfloat16)
     return {
-        "auto_wrap_policy": ModuleWrapPolicy({decoder_layer_class(model_type)}),
+        "auto_wrap_policy": ModuleWrapPolicy(fsdp_wrap_classes(model)),
         "sharding_strategy": strategy,
         "mixed_precision": mp,
         "cpu_offload": CPUOffload(offload_params=cpu_offload),
@@ -207,7 +216,7 @@ def check_zero3_config(cfg: dict[str, Any], world_size: int) -> None:
 
 
 def prepare_for_strategy(model, strategy: str, *, make_optimizer: Callable | None = None,
-                         model_type: str | None = None, ds_config: dict[str, Any] | None = None,
+                         ds_config: dict[str, Any] | None = None,
                          **fsdp_overrides: Any) -> tuple[Any, Any]:
     """Wrap ``model`` for ``strategy`` inside a (Ray Train) worker; returns ``(model, optimizer)``.
 
@@ -218,7 +227,6 @@ def prepare_for_strategy(model, strategy: str, *, make_optimizer: Callable | Non
         model: the PEFT (+ GARFA) model, on CPU or its device.
         strategy: ``ddp``, ``fsdp`` or ``zero3``.
         make_optimizer: ``callable(model) -> torch.optim.Optimizer`` (e.g. the two AdamW groups).
-        model_type: HF ``config.model_type`` for the FSDP wrap class (default: read from the model).
         ds_config: the :func:`deepspeed_zero3_config` dict (``zero3`` only).
         **fsdp_overrides: extra :func:`fsdp_kwargs` arguments.
     """
@@ -239,19 +247,18 @@ def prepare_for_strategy(model, strategy: str, *, make_optimizer: Callable | Non
 
         wrapped = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
         return wrapped, (make_optimizer(wrapped) if make_optimizer else None)
-    mtype = model_type or _model_type(model)
     if torch.cuda.is_available() and _in_ray_train():
         import ray.train.torch
 
         # Ray's own path (2.60: FSDP needs CUDA there); it moves the model to the worker's GPU first.
-        kwargs = fsdp_kwargs(mtype, **{"sync_module_states": True, **fsdp_overrides})
+        kwargs = fsdp_kwargs(model, **{"sync_module_states": True, **fsdp_overrides})
         kwargs.pop("device_id", None)
         wrapped = ray.train.torch.prepare_model(model, parallel_strategy="fsdp", parallel_strategy_kwargs=kwargs)
     else:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        wrapped = FullyShardedDataParallel(model, **fsdp_kwargs(mtype, device_id=device, **fsdp_overrides))
+        wrapped = FullyShardedDataParallel(model, **fsdp_kwargs(model, device_id=device, **fsdp_overrides))
     return wrapped, (make_optimizer(wrapped) if make_optimizer else None)
 
 
@@ -278,12 +285,6 @@ def _register_garfa_with_zero3(model, deepspeed) -> None:
     blocks = decoder_layers(unwrap_model(model))
     for layer in scalers.layers:
         deepspeed.zero.register_external_parameter(blocks[layer].self_attn, scalers.rho)
-
-
-def _model_type(model) -> str:
-    from coloc_ray.models import unwrap_model
-
-    return unwrap_model(model).config.model_type
 
 
 def _in_ray_train() -> bool:

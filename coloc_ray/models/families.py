@@ -1,10 +1,11 @@
 """Registry of supported GQA model families: where their pieces live and how they differ (docs/MODELS.md).
 
-One entry per HF ``config.model_type``. The probes, LS-LoRA, GARFA and the FSDP wrap read what differs from
-here; the HF attention details GARFA needs (q/k norms, fused q/k/v, soft-capping) live beside its patch in
-``coloc_ray.garfa.patch``, which registers them for the same model types. A model type whose HF modules are
-another family's (a renamed fork, e.g. a Llama under its own model_type) is one :func:`register_family_alias`
-line: it shares that family's entry and its GARFA attention (CONTRIBUTING.md: adding a model family).
+One entry per HF ``config.model_type``. The probes, LS-LoRA and GARFA read what differs from here (the FSDP
+wrap unit is the loaded model's own ``_no_split_modules``); the HF attention details GARFA needs (q/k norms,
+fused q/k/v, soft-capping) live beside its patch in ``coloc_ray.garfa.patch``, which registers them for the
+same model types. A model type whose HF modules are another family's (a renamed fork, e.g. a Llama under its
+own model_type) is one :func:`register_family_alias` line: it shares that family's entry and its GARFA
+attention (CONTRIBUTING.md: adding a model family).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ class ModelFamily:
             never listed.
         final_logit_softcap: name of the config field that soft-caps the output logits
             (``logits = cap * tanh(logits / cap)``, Gemma 2), or None.
-        decoder_layer: dotted path of the HF decoder-block class (the FSDP wrap unit: one all-gather per block).
         like: for an alias, the family whose code paths it shares (GARFA's attention handling); else None.
     """
 
@@ -42,7 +42,6 @@ class ModelFamily:
     lora_targets: tuple[str, ...] = SEVEN_PROJECTIONS
     lora_target_parameters: tuple[str, ...] = ()
     final_logit_softcap: str | None = None
-    decoder_layer: str = ""
     like: str | None = None
 
 
@@ -66,27 +65,20 @@ def register_family_alias(model_type: str, like: str, **changes) -> ModelFamily:
     return register_family(replace(base, model_type=model_type, like=base.like or like, **changes))
 
 
-def _hf(module: str, cls: str) -> str:
-    return f"transformers.models.{module}.modeling_{module}.{cls}"
-
-
 # Llama 2/3.x (and SmolLM2), Qwen2/2.5, Mistral share the HF decoder layout.
-register_family(ModelFamily("llama", decoder_layer=_hf("llama", "LlamaDecoderLayer")))
-register_family(ModelFamily("qwen2", decoder_layer=_hf("qwen2", "Qwen2DecoderLayer")))
-register_family(ModelFamily("mistral", decoder_layer=_hf("mistral", "MistralDecoderLayer")))
+register_family(ModelFamily("llama"))
+register_family(ModelFamily("qwen2"))
+register_family(ModelFamily("mistral"))
 # Qwen3: RMS norm on each query / key head before RoPE (q_norm, k_norm); otherwise the Llama layout.
-register_family(ModelFamily("qwen3", decoder_layer=_hf("qwen3", "Qwen3DecoderLayer")))
+register_family(ModelFamily("qwen3"))
 # Gemma 2: sliding / global layers alternate, query_pre_attn_scalar, attention and final-logit soft-capping.
-register_family(ModelFamily("gemma2", final_logit_softcap="final_logit_softcapping",
-                            decoder_layer=_hf("gemma2", "Gemma2DecoderLayer")))
+register_family(ModelFamily("gemma2", final_logit_softcap="final_logit_softcapping"))
 # Gemma 3 text (gemma-3-1b; Gemma3ForCausalLM): Gemma 2's layout without attention soft-capping, plus q/k norms
 # and a RoPE base per layer type (10k on sliding layers, 1M on global ones, linearly scaled on the 4B+ models).
-register_family(ModelFamily("gemma3_text", final_logit_softcap="final_logit_softcapping",
-                            decoder_layer=_hf("gemma3", "Gemma3DecoderLayer")))
+register_family(ModelFamily("gemma3_text", final_logit_softcap="final_logit_softcapping"))
 # Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv_proj and gate_up_proj (four modules for the seven projections),
 # partial rotary (Phi-4-mini rotates 3/4 of each head) and longrope scaling.
-register_family(ModelFamily("phi3", lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
-                            decoder_layer=_hf("phi3", "Phi3DecoderLayer")))
+register_family(ModelFamily("phi3", lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")))
 # Qwen3-MoE: Qwen3 attention; experts are 3-D parameters (gate_up_proj [E, 2I, D], down_proj [E, D, I]), adapted
 # per expert through PEFT's target_parameters; the router (mlp.gate) is left alone. The MLP names are not listed as
 # modules: peft 0.21 rewrites gate/up/down_proj targets of this model type into expert parameters on every layer
@@ -94,8 +86,7 @@ register_family(ModelFamily("phi3", lora_targets=("qkv_proj", "o_proj", "gate_up
 # mlp_only_layers (none in the released checkpoints) gets no LoRA.
 register_family(ModelFamily(
     "qwen3_moe", lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
-    lora_target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
-    decoder_layer=_hf("qwen3_moe", "Qwen3MoeDecoderLayer")))
+    lora_target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj")))
 
 
 # Model types people ask for that are not supported, with what to use instead (named in the error).

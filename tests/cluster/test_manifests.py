@@ -170,6 +170,8 @@ def test_job_studies_make_valid_finetune_configs(path):
 
         assert ft.strategy == "fsdp" and ft.num_workers == 4
         assert ft.batch_size * ft.grad_accum * ft.num_workers == 16  # the paper's effective batch
-        assert st.fsdp_kwargs("llama")["use_orig_params"] is True
+        from coloc_ray.models import load_model
+
+        assert st.fsdp_kwargs(load_model("tiny-gqa", device="cpu").model)["use_orig_params"] is True
     else:
         assert ft.strategy == "ddp" and ft.num_workers == 1 and ft.batch_size * ft.grad_accum == 16

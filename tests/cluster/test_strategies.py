@@ -16,30 +16,24 @@ from coloc_ray.finetune import strategies as st
 from coloc_ray.models import decoder_layers, load_model
 
 
-@pytest.mark.parametrize("alias", ["tiny-gqa", "tiny-qwen2", "tiny-mistral"])
-def test_wrap_class_is_the_models_decoder_layer(alias):
-    lm = load_model(alias)
-    assert st.decoder_layer_class(lm.info.model_type) is type(decoder_layers(lm.model)[0])
-
-
-def test_unknown_family_and_strategy_are_user_errors():
-    with pytest.raises(UserError, match="gpt2"):
-        st.decoder_layer_class("gpt2")
+def test_unknown_strategy_and_sharding_are_user_errors():
     with pytest.raises(UserError, match="ddp, fsdp, zero3"):
         st.check_strategy("zero2")
     with pytest.raises(UserError, match="HYBRID_SHARD"):
-        st.fsdp_kwargs("llama", sharding="FULLSHARD")
+        st.fsdp_kwargs(load_model("tiny-gqa", device="cpu").model, sharding="FULLSHARD")
 
 
 def test_fsdp_kwargs_schema():
     from torch.distributed.fsdp import ShardingStrategy
 
-    kw = st.fsdp_kwargs("qwen2")
+    model = load_model("tiny-qwen2", device="cpu").model
+    kw = st.fsdp_kwargs(model)
     assert kw["sharding_strategy"] is ShardingStrategy.FULL_SHARD
     assert kw["use_orig_params"] is True
     assert kw["mixed_precision"].param_dtype is torch.bfloat16
     assert kw["mixed_precision"].reduce_dtype is torch.bfloat16
-    assert st.fsdp_kwargs("llama", mixed_precision=None)["mixed_precision"] is None
+    assert kw["auto_wrap_policy"]._module_classes == {type(decoder_layers(model)[0])}  # read from the model
+    assert st.fsdp_kwargs(model, mixed_precision=None)["mixed_precision"] is None
 
 
 @pytest.fixture()

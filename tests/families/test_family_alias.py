@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 
 from coloc_ray.errors import UserError
 from coloc_ray.models import families, load_model
+from coloc_ray.models.tiny import TINY_SHAPES
 
 
 class ToyLlamaConfig(LlamaConfig):
@@ -62,14 +63,14 @@ def test_alias_entry_is_the_family_entry(registered):
 
 def test_alias_runs_like_its_family(registered, toy_dir):
     from coloc_ray.finetune.lora import lora_config
-    from coloc_ray.finetune.strategies import decoder_layer_class
+    from coloc_ray.finetune.strategies import fsdp_wrap_classes
     from coloc_ray.garfa import apply_garfa
     from coloc_ray.probes.pairs import load_pairs
     from coloc_ray.probes.sensitivity import probe_pairs
 
     toy, ref = load_model(toy_dir, device="cpu"), load_model("tiny-gqa", device="cpu")
     assert toy.info.model_type == "toyllama" and toy.info.num_layers == ref.info.num_layers
-    assert decoder_layer_class("toyllama") is type(ref.model.model.layers[0])
+    assert fsdp_wrap_classes(toy.model) == {type(ref.model.model.layers[0])}
     assert lora_config([1], model_type="toyllama") == lora_config([1], model_type="llama")
     pairs = load_pairs()[:2]
     assert probe_pairs(toy.model, toy.tokenizer, pairs) == probe_pairs(ref.model, ref.tokenizer, pairs)
@@ -85,10 +86,25 @@ def test_alias_runs_like_its_family(registered, toy_dir):
     assert not torch.allclose(outs[1], plain, atol=1e-4)  # GARFA changed the model (the comparison is not vacuous)
 
 
-@pytest.mark.parametrize("alias", ["tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-qwen3-moe"])
-def test_every_family_entry_names_its_fsdp_wrap_class(alias):
-    from coloc_ray.finetune.strategies import decoder_layer_class
-    from coloc_ray.models import decoder_layers
+@pytest.mark.parametrize("alias", list(TINY_SHAPES))
+def test_fsdp_wraps_each_familys_decoder_layer_from_no_split_modules(alias):
+    from peft import get_peft_model
+
+    from coloc_ray.finetune.lora import lora_config
+    from coloc_ray.finetune.strategies import fsdp_wrap_classes
 
     lm = load_model(alias, device="cpu")
-    assert decoder_layer_class(lm.info.model_type) is type(decoder_layers(lm.model)[0])
+    assert fsdp_wrap_classes(lm.model) == {type(lm.model.model.layers[0])}
+    peft = get_peft_model(lm.model, lora_config([0], dropout=0.0, model_type=lm.info.model_type))  # FSDP's input
+    assert fsdp_wrap_classes(peft) == {type(lm.model.model.layers[0])}
+
+
+def test_model_without_no_split_modules_is_one_line_naming_the_fix():
+    from coloc_ray.finetune.strategies import fsdp_wrap_classes
+
+    model = load_model("tiny-gqa", device="cpu").model
+    model._no_split_modules = None
+    with pytest.raises(UserError) as e:
+        fsdp_wrap_classes(model)
+    msg = str(e.value)
+    assert "\n" not in msg and "'llama'" in msg and "_no_split_modules" in msg and "strategy ddp or zero3" in msg
