@@ -146,3 +146,25 @@ def run_cli(*args: str, cwd=None, env=None, timeout=900) -> subprocess.Completed
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# --- the process's exit -----------------------------------------------------------------------------------------
+# One full run (CI=true .ci/run on a fresh clone, 606 tests, 54 min) printed its summary and then died in a native
+# static destructor while the interpreter tore down (kernel log: "segfault ... in libstdc++.so.6"; exit 139, so
+# make failed with every result already reported). The process loads Ray's core worker, torch, gloo, gRPC and
+# Arrow, whose threads can outlive Python's shutdown. So the suite leaves by os._exit with pytest's own exit status,
+# after every other hook (reports and cache written): a test failure still fails the run; a crash after the last
+# result no longer turns a passing run into a failed one. COLOC_TEST_HARD_EXIT=0 restores the normal exit.
+_SESSION: dict = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _SESSION["exitstatus"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if "exitstatus" in _SESSION and os.environ.get("COLOC_TEST_HARD_EXIT", "1") == "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_SESSION["exitstatus"])
