@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_GCS_PORT_VAR = "RAY_GCS_SERVER_PORT"  # read by a head that ray.init starts (ray._private.node)
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -99,12 +101,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
             os.environ[_GCS_PORT_VAR] = old
 
 
-_GCS_PORT_VAR = "RAY_GCS_SERVER_PORT"  # read by a head that ray.init starts (ray._private.node)
-
 
 def _free_loopback_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

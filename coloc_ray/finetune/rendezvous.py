@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import ray
+
+# Ray Train's backend classes are not public API; subclassing its own torch backend keeps everything but the
+# rendezvous Ray's code (the alternative, a copy of on_start, would drift from it).
 from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
