@@ -17,10 +17,11 @@ from coloc_ray.models.introspect import (
     unwrap_model,
 )
 from coloc_ray.models.loading import ALIASES, LoadedModel, load_model, register_alias, resolve_model_dir
+from coloc_ray.models.ref import ModelRef, resolve_model_ref, weights_fingerprint
 from coloc_ray.models.shape import ModelShape, model_shape
 
 __all__ = [
-    "ALIASES", "FAMILIES", "LoadedModel", "ModelFamily", "ModelInfo", "ModelShape", "base_inv_freq",
+    "ALIASES", "FAMILIES", "LoadedModel", "ModelFamily", "ModelInfo", "ModelRef", "ModelShape", "base_inv_freq",
     "decoder_layers", "load_model", "model_info", "model_shape", "register_alias", "register_family",
-    "resolve_model_dir", "rotary_embedding", "unwrap_model",
+    "resolve_model_dir", "resolve_model_ref", "rotary_embedding", "unwrap_model", "weights_fingerprint",
 ]

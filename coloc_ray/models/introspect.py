@@ -27,6 +27,7 @@ class ModelInfo:
     vocab_size: int
     rope_theta: float
     rope_type: str
+    fingerprint: str | None = None  # the weights' fingerprint (models.ref) when loaded by load_model
 
     @property
     def gqa_ratio(self) -> int:

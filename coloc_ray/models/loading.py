@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -29,6 +30,7 @@ class LoadedModel:
     info: Any  # ModelInfo
     spec: str
     path: str  # a local directory from_pretrained can read (what Ray workers and vLLM load)
+    fingerprint: str | None = None  # models.ref: the weights' sha256 fingerprint (None: a hub id not cached)
 
 
 def _smollm2_dir() -> Path:
@@ -198,12 +200,14 @@ def _file_errors(spec: str, what: str):
                         "files are truncated or corrupt: re-download or re-convert the model") from None
 
 
-def load_model(spec: str, *, dtype=None, quant: str = "none", attn_implementation: str | None = "sdpa",
+def load_model(spec, *, dtype=None, quant: str = "none", attn_implementation: str | None = "sdpa",
                device: str | None = None) -> LoadedModel:
     """Load ``spec`` (alias, hub id, HF dir or .gguf) with its tokenizer; checks it is a supported GQA RoPE model.
 
     Args:
-        spec: what the user passed to ``--model``.
+        spec: what the user passed to ``--model``, or a :class:`~coloc_ray.models.ref.ModelRef`: then the
+            weights are loaded from ``ref.local_path()``, which refuses (UserError) weights on this node other
+            than the ones the study resolved; errors and ``LoadedModel.spec`` keep the user's spelling.
         dtype: torch dtype of the weights (default fp32; the probes need fp32).
         quant: ``none`` | ``4bit`` | ``auto`` (see :func:`_quant_kwargs`).
         attn_implementation: ``eager`` or ``sdpa`` (passed to HF).
@@ -214,11 +218,20 @@ def load_model(spec: str, *, dtype=None, quant: str = "none", attn_implementatio
 
     from coloc_ray.models.families import family_for
     from coloc_ray.models.introspect import model_info
+    from coloc_ray.models.ref import ModelRef, spec_fingerprint
 
-    path, extra = resolve_model_dir(spec)
+    if isinstance(spec, ModelRef):
+        ref, spec = spec, spec.spec
+        path, extra = resolve_model_dir(ref.local_path())
+        if ref.kind == "hub" and not Path(path).exists() and ref.revision:
+            extra["revision"] = ref.revision  # downloaded now: exactly the commit the study resolved
+        fingerprint = ref.fingerprint
+    else:
+        path, extra = resolve_model_dir(spec)
+        fingerprint = None
     if "gguf_file" not in extra:
         try:
-            cfg = AutoConfig.from_pretrained(path)
+            cfg = AutoConfig.from_pretrained(path, **extra)  # extra: at most a hub revision here
         except (OSError, ValueError) as e:  # not JSON, not UTF-8, not an object, no model_type
             raise UserError(f"--model {spec!r}: cannot read its config ({_first_line(e)}); fix or re-download "
                             "config.json") from None
@@ -242,5 +255,6 @@ def load_model(spec: str, *, dtype=None, quant: str = "none", attn_implementatio
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    info = model_info(model, name=spec)
-    return LoadedModel(model=model, tokenizer=tok, info=info, spec=spec, path=path)
+    fingerprint = fingerprint or spec_fingerprint(spec)  # cached per file: cheap after the first time
+    info = dataclasses.replace(model_info(model, name=spec), fingerprint=fingerprint)
+    return LoadedModel(model=model, tokenizer=tok, info=info, spec=spec, path=path, fingerprint=fingerprint)
