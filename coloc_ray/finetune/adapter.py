@@ -19,7 +19,11 @@ MUST_MATCH = ("model_type", "num_layers", "num_heads", "num_kv_heads", "head_dim
 
 
 def save_adapter(model, scalers, info, out_dir: str | Path) -> Path:
-    """Write the adapter of a trained ``model`` (PEFT or plain + GARFA) into ``out_dir``."""
+    """Write the adapter of a trained ``model`` (PEFT or plain + GARFA) into ``out_dir``.
+
+    ``info`` is the base model's ModelInfo; its ``fingerprint`` (set by ``load_model``) goes into
+    ``model_info.json`` so the adapter is later refused on other weights of the same shape.
+    """
     from coloc_ray.finetune.loop import _unwrap_ddp
 
     out = Path(out_dir)
@@ -48,8 +52,14 @@ def _read_json_file(path: Path, what: str):
         raise UserError(f"adapter file {str(path)!r} cannot be read ({e.strerror}); {what}") from None
 
 
-def check_compatible(model, path: str | Path) -> dict:
-    """Refuse (UserError) an adapter made for a model of another family, depth or shape; returns its info."""
+def check_compatible(model, path: str | Path, fingerprint: str | None = None) -> dict:
+    """Refuse (UserError) an adapter made for a model of another family, depth or shape, or (given the model's
+    weights ``fingerprint``, ``LoadedModel.fingerprint``) for other weights; returns its saved info.
+
+    A base and an instruct checkpoint share every shape fact: only the fingerprint tells them apart. An adapter
+    saved before fingerprints were recorded is accepted with a warning; without ``fingerprint`` only the
+    shape is checked.
+    """
     from coloc_ray.models import model_info
 
     p = Path(path)
@@ -68,7 +78,23 @@ def check_compatible(model, path: str | Path) -> dict:
                 f"adapter {str(p)!r} was trained on {saved.get('name')!r} with {key}={saved.get(key)}, but the "
                 f"model given has {key}={have[key]}; load it into the model it was trained on")
     # Names are not compared: the same weights load under an alias, a cache path or a hub id.
+    _check_fingerprint(p, saved, fingerprint, have["name"])
     return saved
+
+
+def _check_fingerprint(p: Path, saved: dict, fingerprint: str | None, name: str) -> None:
+    theirs = saved.get("fingerprint")
+    if fingerprint is None:
+        return
+    if not theirs:
+        warnings.warn(f"adapter {str(p)!r} records no weights fingerprint (saved before they were recorded): "
+                      "only its shape was checked against the model", stacklevel=3)
+        return
+    if theirs != fingerprint:
+        raise UserError(
+            f"adapter {str(p)!r} was trained on {saved.get('name')!r} weights {str(theirs)[:12]}, but the model "
+            f"given ({name!r}) has weights {fingerprint[:12]} (same shape, another checkpoint); load it into "
+            "the model it was trained on")
 
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -119,22 +145,24 @@ def _check_named_layers(p: Path, model, has_lora: bool) -> None:
                             "`coloc finetune`")
 
 
-def load_adapted(model, path: str | Path):
+def load_adapted(model, path: str | Path, *, fingerprint: str | None = None):
     """Restore LoRA (as a PeftModel) and GARFA (rho + attention patch) from ``path`` onto ``model``.
 
     Args:
         model: the base model the adapter was trained on (plain HF CausalLM, full precision or 4-bit).
         path: a ``coloc finetune`` output directory.
+        fingerprint: the base model's weights fingerprint (``LoadedModel.fingerprint``): an adapter trained on
+            other weights is refused (see :func:`check_compatible`).
 
     Returns:
         The PeftModel (or, for a GARFA-only adapter, ``model`` itself with GARFA applied), in eval mode.
 
     Raises:
-        UserError: the adapter was made for another model family, depth or shape, is incomplete (a part its
+        UserError: the adapter was made for another model family, depth, shape or weights, is incomplete (a part its
             config.json names is missing), or a file of it is corrupt; or the dir is not an adapter.
     """
     p = Path(path)
-    check_compatible(model, p)
+    check_compatible(model, p, fingerprint)
     has_lora, has_garfa = adapter_parts(p)
     if not (has_lora or has_garfa):
         raise UserError(f"adapter {str(p)!r} holds neither a PEFT adapter nor garfa.json")
