@@ -59,7 +59,7 @@ def _load(cfg: EvalConfig, precision: dict, need_model: bool):
     if cfg.adapter:
         from coloc_ray.finetune.adapter import load_adapted
 
-        model = load_adapted(model, cfg.adapter)  # UserError for an adapter of another model
+        model = load_adapted(model, cfg.adapter, fingerprint=lm.fingerprint)  # UserError: another model's
         if cfg.guard:
             from coloc_ray.evaluation.guard import check_adapter_effect
 
@@ -136,6 +136,10 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
     from coloc_ray.io import versions
 
     benches = get_benchmarks(cfg.benchmarks)
+    if cfg.model_fingerprint:  # before any work: these weights, on this node, are the ones the study resolved
+        from coloc_ray.models.ref import check_fingerprint, spec_fingerprint
+
+        check_fingerprint(cfg.model, spec_fingerprint(cfg.model), cfg.model_fingerprint)
     inputs = _inputs(cfg, benches)
     t0, cpu0 = time.time(), _cpu_s()
     precision = resolve_precision(cfg.quant, cfg.adapter, cfg.backend)

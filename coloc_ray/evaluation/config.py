@@ -19,6 +19,8 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., description="--model: alias, hub id, HF directory or .gguf file")
+    model_fingerprint: Optional[str] = Field(
+        None, description="the weights fingerprint the study resolved (models.ref); the stage refuses other weights")
     adapter: Optional[str] = Field(None, description="A `coloc finetune` output dir (LoRA and/or GARFA)")
     benchmarks: list[str] = Field(default_factory=benchmark_names,
                                   description="Registry names, run in this order")

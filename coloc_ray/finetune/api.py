@@ -33,6 +33,10 @@ def validate(cfg) -> None:
         raise UserError("strategy='zero3' with quant='4bit': ZeRO-3 cannot shard bitsandbytes 4-bit weights; "
                         "use quant none (or auto, which ZeRO-3 resolves to none) or strategy fsdp")
     cfg.check_layers(model_depth(cfg.model))
+    if cfg.model_fingerprint:  # the driver's copy; every Ray Train worker checks its own (lora.build_trainable)
+        from coloc_ray.models.ref import check_fingerprint, spec_fingerprint
+
+        check_fingerprint(cfg.model, spec_fingerprint(cfg.model), cfg.model_fingerprint)
     if cfg.data.source == "offline":
         from coloc_ray.finetune.data import load_messages
 

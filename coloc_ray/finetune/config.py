@@ -34,6 +34,8 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(..., description="--model: alias (smollm2-135m, tiny-gqa), HF dir, .gguf or hub id")
+    model_fingerprint: Optional[str] = Field(
+        None, description="the weights fingerprint the study resolved (models.ref); the stage refuses other weights")
     lora_layers: list[int] = Field(..., description="layer set X for LoRA (0-based); empty = no LoRA")
     garfa_layers: list[int] = Field(..., description="layer set Y for GARFA (0-based); empty = no GARFA")
     lora_r: int = Field(16, ge=1, description="LoRA rank r")

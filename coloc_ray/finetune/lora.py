@@ -121,6 +121,9 @@ def build_trainable(cfg, device: Optional[str] = None) -> TrainableModel:
         lm = _load_fsdp_4bit(cfg.model, device)
     else:
         lm = load_model(cfg.model, quant=quant, device=device)
+    from coloc_ray.models.ref import check_fingerprint
+
+    check_fingerprint(cfg.model, lm.fingerprint, getattr(cfg, "model_fingerprint", None))  # on every worker
     cfg.check_layers(lm.info.num_layers)
     model, scalers = attach(lm.model, cfg, quantized=(quant == "4bit"))
     if fsdp_4bit:

@@ -13,7 +13,14 @@ import time
 from typing import Sequence
 
 from coloc_ray.errors import UserError
-from coloc_ray.probes.checks import check_num_workers, check_pooling, check_rope_args, check_top_k, model_ref
+from coloc_ray.probes.checks import (
+    check_num_workers,
+    check_pooling,
+    check_rope_args,
+    check_top_k,
+    model_identity,
+    model_ref,
+)
 from coloc_ray.probes.evaltexts import resolve_eval_texts
 from coloc_ray.probes.pairs import MinimalPair, load_pairs
 from coloc_ray.probes.rope_influence import influence_profile, per_text_record, rope_layer_losses
@@ -23,10 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def _loaded(model):
-    if isinstance(model, str):
-        from coloc_ray.models import load_model
+    from coloc_ray.models import ModelRef, load_model
 
-        return load_model(model)
+    if isinstance(model, (str, ModelRef)):
+        return load_model(model)  # a ModelRef: refuses weights other than the resolved ones
     return model
 
 
@@ -44,7 +51,8 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
     """Correctness-differential sensitivity per layer (METHOD 1) = ``sensitivity.json``.
 
     Args:
-        model: a ``--model`` spec or a :class:`~coloc_ray.models.LoadedModel` (fp32).
+        model: a ``--model`` spec, a :class:`~coloc_ray.models.ModelRef` (every task checks its node's weights)
+            or a :class:`~coloc_ray.models.LoadedModel` (fp32).
         pairs: None (the shipped 15), a JSONL path, or a list of MinimalPair / dicts.
         pooling: ``mean`` | ``mean-nosink`` | ``last``; ``sink_multiple`` applies to ``mean-nosink``.
         top_k: how many layers ``top_layers`` lists (ties to the lower index); the default 10 (or None)
@@ -62,6 +70,7 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
     top_k = check_top_k(None if top_k == 10 else top_k, num_layers)
     check_num_workers(num_workers)
     t0 = time.time()
+    lm = None
     if num_workers == 0:
         lm, workers = _loaded(model), 0
         got = probe_pairs(lm.model, lm.tokenizer, plist, pooling, sink_multiple)
@@ -69,10 +78,12 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
         from coloc_ray.probes.distributed import sensitivity_on_ray
 
         got, workers = sensitivity_on_ray(ref, plist, pooling, sink_multiple, num_workers, address)
+    spec, fingerprint = model_identity(model, lm)
     per_pair = got["per_pair"]
     scores, per_domain = aggregate(plist, per_pair)
     return {
-        "model": ref, "num_layers": num_layers, "scores": scores, "per_domain": per_domain,
+        "model": spec, "model_fingerprint": fingerprint, "num_layers": num_layers, "scores": scores,
+        "per_domain": per_domain,
         "per_pair": {p.id: per_pair[p.id] for p in plist},
         "embedding": embedding_reference(plist, got["embedding"]), "top_k": top_k,
         "top_layers": top_k_layers(scores, top_k), "pooling": pooling, "sink_multiple": sink_multiple,
@@ -87,7 +98,7 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
     """RoPE influence per layer (METHOD 2) = ``rope_influence.json``.
 
     Args:
-        model: a ``--model`` spec or a LoadedModel (fp32).
+        model: a ``--model`` spec, a ModelRef or a LoadedModel (fp32).
         eval_data: None (the seeded held-out slice of the training mix), a JSONL path (``text`` per line),
             or a list of strings; ``num_texts`` keeps the first N.
         factors: RoPE frequency factors f (layer l uses ``inv_freq * f**(-2i/d)``).
@@ -106,6 +117,7 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
     facs, lays = check_rope_args(factors, layers, num_layers, max_len)
     check_num_workers(num_workers)
     t0 = time.time()
+    lm = None
     if num_workers == 0:
         lm, workers = _loaded(model), 0
         raw = rope_layer_losses(lm.model, lm.tokenizer, texts, facs, lays, naive=naive, max_len=max_len)
@@ -114,8 +126,9 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
 
         raw, workers = rope_on_ray(ref, texts, facs, lays, naive, max_len, num_layers, num_workers, address)
     prof = influence_profile(raw, facs, lays, num_layers)
+    spec, fingerprint = model_identity(model, lm)
     return {
-        "model": ref, "num_layers": num_layers, "factors": facs, "base_loss": raw["base_loss"],
+        "model": spec, "model_fingerprint": fingerprint, "num_layers": num_layers, "factors": facs, "base_loss": raw["base_loss"],
         "scores": prof["scores"], "interpolated": prof["interpolated"], "losses": prof["losses"],
         "layers": lays, "naive": naive, "max_len": max_len, "num_texts": len(texts),
         "num_tokens": raw["num_tokens"], "per_text": per_text_record(raw, facs, lays), "num_workers": workers,

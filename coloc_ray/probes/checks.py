@@ -8,7 +8,8 @@ from typing import Sequence
 from coloc_ray.errors import UserError
 from coloc_ray.probes.pooling import POOLINGS, get_pooling
 
-__all__ = ["POOLINGS", "check_num_workers", "check_pooling", "check_rope_args", "check_top_k", "model_ref"]
+__all__ = ["POOLINGS", "check_num_workers", "check_pooling", "check_rope_args", "check_top_k", "model_identity",
+           "model_ref"]
 
 
 def check_pooling(pooling: str, sink_multiple: float) -> None:
@@ -43,9 +44,14 @@ def check_rope_args(factors: Sequence[float], layers, num_layers: int, max_len: 
     return facs, sorted(lays)
 
 
-def model_ref(model) -> tuple[str, int]:
-    """(spec Ray workers can load, number of decoder layers), reading only the model's config
-    (``models.model_shape``: config.json or the GGUF metadata, no weights)."""
+def model_ref(model) -> tuple:
+    """(what Ray workers load, number of decoder layers), reading only the model's config
+    (``models.model_shape``: config.json or the GGUF metadata, no weights). A ``models.ModelRef`` is passed on
+    as it is: each task loads it with ``load_model(ref)``, which checks its node has the resolved weights."""
+    from coloc_ray.models.ref import ModelRef
+
+    if isinstance(model, ModelRef):
+        return model, model.shape.num_layers
     if not isinstance(model, str):  # a LoadedModel
         return model.spec, int(model.info.num_layers)
     from coloc_ray.models.shape import model_shape
@@ -56,3 +62,16 @@ def model_ref(model) -> tuple[str, int]:
 def check_num_workers(num_workers: int | None) -> None:
     if num_workers is not None and num_workers < 0:
         raise UserError(f"--num-workers {num_workers}: use 0 (no Ray) or a positive number of Ray tasks")
+
+
+def model_identity(model, lm=None) -> tuple[str, str | None]:
+    """(spec string, weights fingerprint) a probe's output JSON records as ``model`` / ``model_fingerprint``:
+    a ModelRef's or LoadedModel's own, else the spec's on this node (cached file hashes)."""
+    from coloc_ray.models.ref import ModelRef, spec_fingerprint
+
+    if isinstance(model, ModelRef):
+        return model.spec, model.fingerprint
+    if lm is not None or not isinstance(model, str):
+        lm = lm if lm is not None else model
+        return lm.spec, lm.fingerprint
+    return model, spec_fingerprint(model)

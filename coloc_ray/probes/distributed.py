@@ -3,7 +3,9 @@
 Sensitivity: the pairs are split into shards; RoPE influence: the probed layers are split into shards,
 balanced by their cost (a cached layer l recomputes L - l blocks plus the head). Each task loads the model
 itself from its spec or local directory, caps torch to its CPU share, and returns per-layer numbers that
-the driver combines. Results do not depend on the number of workers beyond float rounding.
+the driver combines. Results do not depend on the number of workers beyond float rounding. Given a
+``models.ModelRef``, each task loads it with ``load_model(ref)``: a node whose weights differ from the ones the
+driver resolved refuses (UserError) instead of probing another model.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ def _task_setup(threads: int):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _load(model_ref: str):
+def _load(model_ref):  # a spec string or a models.ModelRef
     from coloc_ray.models import load_model
 
     return load_model(model_ref)
 
 
-def sensitivity_task(model_ref: str, pairs: list[dict], pooling: str, sink_multiple: float, threads: int) -> dict:
+def sensitivity_task(model_ref, pairs: list[dict], pooling: str, sink_multiple: float, threads: int) -> dict:
     """One shard of pairs -> ``{"per_pair": {pair_id: [L deltas]}, "embedding": {pair_id: delta_emb}}``."""
     from coloc_ray.probes.pairs import MinimalPair
     from coloc_ray.probes.sensitivity import probe_pairs
@@ -42,7 +44,7 @@ def sensitivity_task(model_ref: str, pairs: list[dict], pooling: str, sink_multi
     return probe_pairs(lm.model, lm.tokenizer, [MinimalPair(**p) for p in pairs], pooling, sink_multiple)
 
 
-def rope_task(model_ref: str, texts: list[str], factors: list[float], layers: list[int], naive: bool,
+def rope_task(model_ref, texts: list[str], factors: list[float], layers: list[int], naive: bool,
               max_len: int, threads: int) -> dict:
     """One shard of layers -> ``rope_layer_losses`` output for those layers."""
     from coloc_ray.probes.rope_influence import rope_layer_losses
@@ -132,7 +134,7 @@ def run_shards(task: Callable, shard_args: list[tuple], describe: Callable[[int]
     return results
 
 
-def sensitivity_on_ray(model_ref: str, pairs: list, pooling: str, sink_multiple: float, num_workers: int | None,
+def sensitivity_on_ray(model_ref, pairs: list, pooling: str, sink_multiple: float, num_workers: int | None,
                        address: str | None = None) -> tuple[dict, int]:
     """Per-pair deltas over ``num_workers`` Ray tasks (shards of pairs; None = one per CPU/GPU).
 
@@ -150,7 +152,7 @@ def sensitivity_on_ray(model_ref: str, pairs: list, pooling: str, sink_multiple:
     return out, n
 
 
-def rope_on_ray(model_ref: str, texts: list[str], factors: list[float], layers: list[int], naive: bool,
+def rope_on_ray(model_ref, texts: list[str], factors: list[float], layers: list[int], naive: bool,
                 max_len: int, num_layers: int, num_workers: int | None, address: str | None = None) -> tuple[dict, int]:
     """``rope_layer_losses`` over Ray tasks (shards of layers), combined in the driver; also returns the count."""
     with ray_session(address):
