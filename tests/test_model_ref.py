@@ -330,3 +330,18 @@ def test_probes_take_a_model_ref(cache, tiny_dirs):
     wrong = dataclasses.replace(ref, fingerprint="0" * 64)
     with pytest.raises(UserError, match="on this node has weights"):  # the body of each Ray task
         sensitivity_task(wrong, [p.to_dict() for p in pairs], "mean", 10.0, 1)
+
+
+@pytest.mark.ray
+def test_ray_probe_tasks_receive_the_ref_and_check_their_weights(ray_local, tiny_dirs):
+    from coloc_ray.probes.api import run_sensitivity
+    from coloc_ray.probes.pairs import load_pairs
+
+    ref = resolve_model_ref(str(tiny_dirs[0]))
+    pairs = load_pairs(None)[:2]
+    local = run_sensitivity(ref, pairs=pairs, num_workers=0, top_k=2)
+    remote = run_sensitivity(ref, pairs=pairs, num_workers=1, top_k=2)
+    assert (remote["model"], remote["model_fingerprint"]) == (ref.spec, ref.fingerprint)
+    assert remote["scores"] == pytest.approx(local["scores"], rel=1e-6)
+    with pytest.raises(Exception, match="on this node has weights"):  # raised inside the Ray task
+        run_sensitivity(dataclasses.replace(ref, fingerprint="0" * 64), pairs=pairs, num_workers=1, top_k=2)
