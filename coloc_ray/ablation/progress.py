@@ -13,11 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+from coloc_ray.ablation.layout import PROGRESS
 from coloc_ray.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-PROGRESS = "progress.json"
 COLUMNS = ("trial_id", "arm", "ctrl", "train", "state", "try", "phase", "step", "loss", "eta")
 TERMINAL = ("DONE", "SKIPPED", "ERROR")
 

@@ -374,7 +374,8 @@ def trial_table(info: dict) -> str:
         The table, or one line saying why there is none (not started yet, or the storage is not readable here
         and how to fix that).
     """
-    from coloc_ray.ablation.progress import PROGRESS, format_table
+    from coloc_ray.ablation.layout import PROGRESS
+    from coloc_ray.ablation.progress import format_table
     from coloc_ray.storage import Storage, is_uri
 
     study_dir = info.get("metadata", {}).get(f"{META_PREFIX}study_dir", "")

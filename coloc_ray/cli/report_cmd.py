@@ -17,17 +17,18 @@ def register(sub) -> None:
 
 
 def _report(args) -> int:
-    from coloc_ray.ablation.report import build_report
+    from coloc_ray.ablation import layout
     from coloc_ray.errors import UserError
+    from coloc_ray.report import build_report
 
     study = Path(args.study_dir)
     if not study.is_dir():
         raise UserError(f"study folder {study} does not exist; pass the folder `coloc run` wrote")
-    if not (study / "trials").is_dir() and not (study / "base").is_dir() and not (study / "probes").is_dir():
+    if not layout.is_study_dir([p.name for p in study.iterdir() if p.is_dir()]):
         raise UserError(f"{study} has no trials/, base/ or probes/: not a study folder")
     res = build_report(study)
     print(res["headline"])
-    print(f"report: {study / 'report' / 'report.md'}")
+    print(f"report: {study / layout.REPORT_MD}")
     if res["problems"]:
         print(f"{len(res['problems'])} problem(s) listed in the report")
     if res.get("incomplete"):  # a report without some of the study's trials is not its report: not a success

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from coloc_ray.ablation.cost import md_cost, trial_cost
-from coloc_ray.ablation.report import compute_results
-from coloc_ray.ablation.trial import Stages, run_trial
+from coloc_ray.ablation.cost import trial_cost
+from coloc_ray.ablation.stages import Stages
+from coloc_ray.ablation.study_config import StudyConfig
+from coloc_ray.ablation.trial import TrialContext, run_trial
+from coloc_ray.report.build import compute_results
+from coloc_ray.report.cost import md_cost
 from tests.report.conftest import RATE, build_study
 
 T = 12_345  # tokens trained
@@ -82,18 +85,17 @@ def _evaluate(cfg, out: Path, tracker) -> dict:
 
 
 def _stages() -> Stages:
-    def no(*a):
+    def no(*a, **kw):
         raise AssertionError("not a trial stage")
 
-    return Stages(no, no, no, no, lambda study, spec, run_id: {}, _finetune, lambda study, ad, spec: {},
-                  _evaluate, no)
+    return Stages(sensitivity=no, rope_influence=no, analysis=no, finetune=_finetune, evaluate=_evaluate, report=no)
 
 
 @pytest.mark.parametrize("arm", ["A", "base"])
 def test_trial_records_its_cost(tmp_path, arm):
     resources = {"workers_per_trial": 2, "gpus_per_worker": 0.5, "cpus_per_worker": 1.5}
-    ctx = {"study": {"name": "s", "model": "tiny-gqa", "resources": resources}, "storage": str(tmp_path),
-           "experiment": "x", "tracking": False}
+    study = StudyConfig.model_validate({"name": "s", "model": "tiny-gqa", "resources": resources})
+    ctx = TrialContext(study=study, storage=str(tmp_path), tracking=False)
     spec = {"trial_id": "A-t0" if arm == "A" else "base", "arm": arm, "control_seed": None, "train_seed": 0,
             "lora_layers": [2, 3] if arm == "A" else [], "garfa_layers": [2, 3] if arm == "A" else []}
     run_trial(spec, ctx, _stages())
@@ -108,7 +110,7 @@ def test_trial_records_its_cost(tmp_path, arm):
     assert c["finetune_gpu_s"] == pytest.approx(2 * 0.5 * wall, abs=2e-3)
     assert c["finetune_cpu_s"] == pytest.approx(2 * 1.5 * wall, abs=2e-3)
     assert c["tokens_trained"] == T
-    from coloc_ray.ablation.cost import param_counts
+    from coloc_ray.models.params import param_counts
 
     blocks, head = param_counts("tiny-gqa")
     n_tr = LORA_PARAMS + GARFA_PARAMS

@@ -68,8 +68,8 @@ def _records(rng, n_layers=12):
 
 
 def test_analysis_and_report_carry_the_embedding_reference(tmp_path):
-    from coloc_ray.ablation.report import _md_coloc
     from coloc_ray.analysis.run import run_analysis
+    from coloc_ray.report.build import _md_coloc
 
     sens, rope = _records(np.random.default_rng(3))
     res = run_analysis(sens, rope, top_k=4, out_dir=tmp_path, n_perm=200)
@@ -141,9 +141,9 @@ def test_rope_bootstrap_clear_is_stable_flat_is_flagged():
 
 
 def test_analysis_and_report_carry_the_rope_band(tmp_path):
-    from coloc_ray.ablation.report import _md_coloc
     from coloc_ray.analysis.probe_uncertainty import rope_bootstrap
     from coloc_ray.analysis.run import run_analysis
+    from coloc_ray.report.build import _md_coloc
 
     rng = np.random.default_rng(4)
     sens, rope = _records(rng, n_layers=8)

@@ -49,8 +49,8 @@ def test_every_list_of_benchmarks_reads_the_registry(extra):
 
 
 def test_report_labels_and_order_come_from_the_registry():
-    from coloc_ray.ablation.report import BENCH_LABELS
-    from coloc_ray.analysis.study_results import BENCH_ORDER
+    from coloc_ray.report.build import BENCH_LABELS
+    from coloc_ray.report.results import BENCH_ORDER
 
     assert BENCH_ORDER == tuple(BENCHMARKS) and BENCH_ORDER[:6] == tuple(SHIPPED)
     assert {k: BENCH_LABELS[k] for k in SHIPPED} == LABELS

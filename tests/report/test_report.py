@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
-from coloc_ray.ablation.report import build_report
+from coloc_ray.report.build import build_report
 from tests.report.conftest import BENCHES, CONTROL_SEEDS, GPU_HOURS, RATE, TRAIN_SEEDS, trial_id
 
 

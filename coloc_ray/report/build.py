@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from coloc_ray.ablation import layout
 from coloc_ray.analysis import ablation_stats as st
 from coloc_ray.analysis import arm_intervals as ai
-from coloc_ray.analysis import study_results as sr
 from coloc_ray.evaluation.registry import benchmark_labels
+from coloc_ray.report import results as sr
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,9 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
     from coloc_ray.analysis.run import band, embedding_reference, rope_uncertainty, sensitivity_uncertainty
     from coloc_ray.errors import UserError
 
-    sens = sr.read_json_checked(study_dir / "probes" / "sensitivity.json", problems, "sensitivity probe")
-    rope = sr.read_json_checked(study_dir / "probes" / "rope_influence.json", problems, "RoPE-influence probe")
-    path = study_dir / "analysis" / "analysis.json"
+    sens = sr.read_json_checked(study_dir / layout.SENSITIVITY, problems, "sensitivity probe")
+    rope = sr.read_json_checked(study_dir / layout.ROPE, problems, "RoPE-influence probe")
+    path = study_dir / layout.ANALYSIS
     ana = sr.read_json_checked(path, problems, "analysis") if path.is_file() else None
     if ana is not None and not (isinstance(ana, dict) and _ANALYSIS_KEYS <= set(ana)):
         missing = sorted(_ANALYSIS_KEYS - set(ana)) if isinstance(ana, dict) else ["(not an object)"]
@@ -73,7 +74,7 @@ def _colocalization(study_dir: Path, out: Path, problems: list[str]) -> dict | N
 
 def _cost(base, runs, rate: float) -> dict:
     """results.json ``cost``: per arm, fine-tune and evaluation apart (``coloc_ray.ablation.cost``)."""
-    from coloc_ray.ablation.cost import cost_table
+    from coloc_ray.report.cost import cost_table
 
     return cost_table(base, sr.by_arm(runs), rate)
 
@@ -132,7 +133,7 @@ def _unfinished(study_dir: Path, base, runs: list[dict]) -> list[str]:
     study's report, and says so at its top."""
     from coloc_ray.io import read_json
 
-    plan = study_dir / "plan.json"
+    plan = study_dir / layout.PLAN
     try:
         planned = [t["trial_id"] for t in read_json(plan)["trials"]] if plan.is_file() else []
     except (ValueError, KeyError, TypeError):
@@ -150,11 +151,11 @@ def build_report(study_dir: str | Path) -> dict:
     Returns:
         The ``results.json`` record (tables, CIs, null p-values, cost, problems, headline).
     """
-    from coloc_ray.ablation.report_plots import plot_arms, plot_null
     from coloc_ray.io import staged_output, write_json
+    from coloc_ray.report.plots import plot_arms, plot_null
 
     study_dir = Path(study_dir)
-    with staged_output(study_dir / "report") as out:
+    with staged_output(study_dir / layout.REPORT) as out:
         res = compute_results(study_dir, out)
         labels = {b: BENCH_LABELS.get(b, b) for b in [*res["benchmarks"], *res["extra_metrics"]]}
         if res["benchmarks"]:
@@ -163,8 +164,8 @@ def build_report(study_dir: str | Path) -> dict:
             plot_arms(res["table4"], res["benchmarks"], labels, out / "arms.png")
         res["figures"] = sorted(p.name for p in out.glob("*.png"))
         md, res["headline"] = render_markdown(res, labels)
-        (out / "report.md").write_text(md)
-        write_json(out / "results.json", res)
+        (out / Path(layout.REPORT_MD).name).write_text(md)
+        write_json(out / Path(layout.RESULTS).name, res)
     log.info("report: %s", res["headline"])
     return res
 
@@ -460,7 +461,7 @@ def _md_coloc(res: dict) -> list[str]:
 
 
 def _md_cost(res: dict) -> list[str]:
-    from coloc_ray.ablation.cost import md_cost
+    from coloc_ray.report.cost import md_cost
 
     return md_cost(res["cost"])
 

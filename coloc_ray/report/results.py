@@ -1,4 +1,4 @@
-"""Loading a study's results from disk for the report (contract "Study" in docs/ARCHITECTURE.md).
+"""Loading a study's results from its storage folder for the report (contract "Study" in docs/ARCHITECTURE.md).
 
 Tolerant by design: every missing or unreadable file becomes one line in ``problems`` and the
 loaders return what they could read, so a partial study still gets a report.
@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from coloc_ray.ablation import layout
 from coloc_ray.analysis import ablation_stats as st
 from coloc_ray.evaluation.registry import benchmark_names
 
@@ -115,7 +116,7 @@ def attach_base_heldout(base: dict | None, runs: list[dict]) -> None:
 def _load_run(rec: dict, tdir: Path, who: str, problems: list[str]) -> dict:
     scores = _scores(rec.get("eval"), who, problems)
     dirs = [Path(rec["items_dir"])] if rec.get("items_dir") else []
-    dirs += [tdir / "eval" / "items", tdir / "items"]  # the study may have moved since it ran
+    dirs += [tdir / layout.ITEMS, tdir / "items"]  # the study may have moved since it ran
     items = _load_items(dirs, scores, who, problems)
     loss, per_record = heldout_loss(rec.get("finetune"))
     if loss is not None:
@@ -131,13 +132,13 @@ def _load_run(rec: dict, tdir: Path, who: str, problems: list[str]) -> dict:
 
 def load_base(study_dir: Path, problems: list[str]) -> dict | None:
     """The base model's evaluation: ``base/result.json``, else ``base/eval.json`` or ``base/eval/eval.json``."""
-    bdir = study_dir / "base"
-    if (bdir / "result.json").is_file():
-        rec = read_json_checked(bdir / "result.json", problems, "base model")
+    bdir = study_dir / layout.BASE
+    if (bdir / layout.RESULT).is_file():
+        rec = read_json_checked(bdir / layout.RESULT, problems, "base model")
         if rec is not None:
             return _load_run({**rec, "arm": "base", "control_seed": None, "train_seed": None}, bdir,
                              "base model", problems)
-    for ev_path in (bdir / "eval.json", bdir / "eval" / "eval.json"):
+    for ev_path in (bdir / "eval.json", bdir / layout.EVAL / "eval.json"):
         if ev_path.is_file():
             ev = read_json_checked(ev_path, problems, "base model")
             rec = {"trial_id": "base", "arm": "base", "eval": ev, "items_dir": str(ev_path.parent / "items")}
@@ -149,11 +150,11 @@ def load_base(study_dir: Path, problems: list[str]) -> dict | None:
 def load_trials(study_dir: Path, problems: list[str]) -> list[dict]:
     """Every ``trials/<id>/result.json``; a trial folder without one is reported as unfinished."""
     runs = []
-    tdirs = sorted(p for p in (study_dir / "trials").glob("*") if p.is_dir())
+    tdirs = sorted(p for p in (study_dir / layout.TRIALS).glob("*") if p.is_dir())
     if not tdirs:
-        problems.append(f"no trials in {study_dir / 'trials'}")
+        problems.append(f"no trials in {study_dir / layout.TRIALS}")
     for tdir in tdirs:
-        rec = read_json_checked(tdir / "result.json", problems, f"trial {tdir.name}")
+        rec = read_json_checked(tdir / layout.RESULT, problems, f"trial {tdir.name}")
         if isinstance(rec, dict):
             runs.append(_load_run(rec, tdir, f"trial {tdir.name}", problems))
     return runs
@@ -195,7 +196,7 @@ def benchmarks(base, runs) -> list[str]:
 
 
 def study_config(study_dir: Path) -> dict:
-    path = study_dir / "study.json"
+    path = study_dir / layout.STUDY
     try:
         cfg = json.loads(path.read_text()) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
