@@ -31,14 +31,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _sleep_finetune(cfg: dict, out: Path) -> dict:
-    time.sleep(cfg["bench_trial_s"])
+TRIAL_S = {"s": 20.0}  # sleep mode's cost of one fine-tune (set from --trial-s; pickled by value to the trials)
+
+
+def _sleep_finetune(cfg, out: Path) -> dict:
+    time.sleep(TRIAL_S["s"])
     out.mkdir(parents=True, exist_ok=True)
-    return {"steps": cfg["max_steps"]}
+    return {"steps": cfg.max_steps}
 
 
-def _no_eval(cfg: dict, out: Path, tracker) -> dict:
+def _no_eval(cfg, out: Path, tracker) -> dict:
     return {}
+
+
+def _unused(*a, **kw):
+    raise AssertionError("not a trial stage")
 
 
 def _study(args, tmp: Path):
@@ -51,7 +58,7 @@ def _study(args, tmp: Path):
               "tracking_uri": f"sqlite:///{tmp}/mlruns.db", "name": f"bench-{args.mode}"}
     if args.mode == "sleep":
         return StudyConfig.model_validate({**common, "model": "tiny-gqa", "layer_sets": {"k": 2},
-                                           "training": {"max_steps": 1, "extra": {"bench_trial_s": args.trial_s}}})
+                                           "training": {"max_steps": 1}})
     d = yaml.safe_load((ROOT / "studies" / "tiny_test.yaml").read_text())
     d.update(common)
     d["training"]["max_steps"] = args.steps
@@ -76,18 +83,19 @@ def main() -> None:
     from ray import cloudpickle
 
     from coloc_ray.ablation.progress import ProgressBoard
-    from coloc_ray.ablation.trial import Stages, eval_config_dict, finetune_config_dict, real_stages
+    from coloc_ray.ablation.stages import Stages, real_stages
+    from coloc_ray.ablation.trial import TrialContext
     from coloc_ray.ablation.tune_trials import run_trials
     from coloc_ray.raycluster import ensure_ray, shutdown_ray
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cfg = _study(args, tmp)
-    study = cfg.resolved()
     specs = [{"trial_id": f"D-c{s}-t0", "arm": "D", "control_seed": s, "train_seed": 0, "lora_layers": [0, 1],
               "garfa_layers": [0, 1], "config_hash": "bench"} for s in cfg.control_seed_list]
     if args.mode == "sleep":
-        stages = Stages(None, None, None, None, finetune_config_dict, _sleep_finetune, eval_config_dict, _no_eval,
-                        None)
+        TRIAL_S["s"] = args.trial_s
+        stages = Stages(sensitivity=_unused, rope_influence=_unused, analysis=_unused, finetune=_sleep_finetune,
+                        evaluate=_no_eval, report=_unused)
     else:
         stages = real_stages()
     ensure_ray(num_cpus=args.slots)
@@ -96,9 +104,8 @@ def main() -> None:
         from coloc_ray.tracking import Tracker
 
         parent = Tracker(cfg.tracking_uri, cfg.experiment_name, run_name="bench").start()
-    ctx = {"study": study, "study_dir": str(tmp), "tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment_name,
-           "parent_run_id": parent.run_id if parent else None, "gpus": 0, "threads": 1,
-           "tracking": not args.no_tracking}
+    ctx = TrialContext(study=cfg, storage=str(tmp), parent_run_id=parent.run_id if parent else None,
+                       tracking=not args.no_tracking)
     board = ProgressBoard(tmp, specs, 1, args.slots, echo=False)
     t0 = time.time()
     status = run_trials(specs, ctx, stages, board=board, storage_path=tmp / "tune", name="bench",

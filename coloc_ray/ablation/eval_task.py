@@ -50,8 +50,7 @@ def _runner_cls():
                 if adapter_uri:
                     parent, name = adapter_uri.rsplit("/", 1)
                     Storage(parent).download(name, work / "adapter")
-                    cfg = cfg.model_copy(update={"adapter": str(work / "adapter")}) if hasattr(
-                        cfg, "model_copy") else {**cfg, "adapter": str(work / "adapter")}
+                    cfg = cfg.model_copy(update={"adapter": str(work / "adapter")})
                 tr = Tracker(tracking.get("uri"), run_id=tracking.get("run_id"),
                              enabled=bool(tracking.get("run_id"))).start()
                 ev = stages.evaluate(cfg, work / "eval", tr)

@@ -13,7 +13,7 @@ front (every problem listed at once).
 
 Old study files wrote stage keys under ``extra:``; those keys are moved into the section (one warning), and
 ``eval_every: null`` (the old "fine-tune default") is read as the default. Keys in ``extra`` that are not the
-stage's are handed to the stage config unchanged: only a custom stage (``trial.Stages``) accepts them.
+stage's are handed to the stage config unchanged, which refuses them: ``validate_study`` names each one.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from coloc_ray.finetune.config import FinetuneConfig
 
 # What the study sets per trial (its layer sets, seed, resources, tracking and storage): not study keys.
 TRIAL_KEYS: dict[str, tuple[str, ...]] = {
-    "training": ("model", "lora_layers", "garfa_layers", "seed",                     # the trial
+    "training": ("model", "model_fingerprint", "lora_layers", "garfa_layers", "seed",  # the trial
                  "num_workers", "cpus_per_worker", "use_gpu", "gpus_per_worker",    # resources.*
                  "tracking", "tracking_uri", "experiment", "run_name", "parent_run_id",  # the study's MLflow
                  "storage_path"),                                                   # <study storage>/train
-    "evaluation": ("model", "adapter",                                              # the trial
+    "evaluation": ("model", "model_fingerprint", "adapter",                         # the trial
                    "tracking", "tracking_uri", "experiment", "parent_run_id"),      # the study's MLflow
 }
 
@@ -46,8 +46,8 @@ STUDY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                        "same prompts (METHOD 8); `coloc eval` alone defaults to 0"}},
 }
 
-EXTRA = Field({}, description="Keys a custom stage reads, passed to its config unchanged (stage keys go directly "
-                              "in this section; old files had them here)")
+EXTRA = Field({}, description="Old study files held stage keys here (read, with a warning); stage keys go directly "
+                              "in this section, and any other key here is refused")
 LEGACY_NULL = {"training": ("eval_every",)}  # old sections allowed null for "the stage's default"
 _WARNED: set[str] = set()
 
@@ -86,8 +86,9 @@ def _warn_once(section: str, keys: list[str]) -> None:
                   f"under `{section}:` (old study files are still read)", FutureWarning, stacklevel=2)
 
 
-def section_model(section: str, stage: type[BaseModel], doc: str) -> type[BaseModel]:
-    """The study section ``section``: every field of ``stage`` except ``TRIAL_KEYS[section]``, plus ``extra``."""
+def section_model(name: str, section: str, stage: type[BaseModel], doc: str) -> type[BaseModel]:
+    """The study section ``section`` (class ``name``, bound to that name in this module so that it pickles: Tune
+    ships the study to its trials): every field of ``stage`` except ``TRIAL_KEYS[section]``, plus ``extra``."""
     fields: dict[str, Any] = {}
     for name, info in stage.model_fields.items():
         if name in TRIAL_KEYS[section]:
@@ -97,7 +98,7 @@ def section_model(section: str, stage: type[BaseModel], doc: str) -> type[BaseMo
             setattr(info, attr, value)
         fields[name] = (info.annotation, info)
     fields["extra"] = (dict[str, Any], copy.copy(EXTRA))
-    model = create_model(f"{section.title()}Section", __base__=_Section, __doc__=doc, __module__=__name__,
+    model = create_model(name, __base__=_Section, __doc__=doc, __module__=__name__,
                          **fields)
     model.section = section
     return model
@@ -109,11 +110,11 @@ def stage_keys(section: str) -> list[str]:
 
 
 TrainingSettings = section_model(
-    "training", FinetuneConfig,
+    "TrainingSettings", "training", FinetuneConfig,
     "The fine-tune of every trial (METHOD 4, 6): FinetuneConfig's keys; the study fills in the model, layer sets, "
     "seed, workers, tracking and checkpoint storage per trial.")
 EvalSettings = section_model(
-    "evaluation", EvalConfig,
+    "EvalSettings", "evaluation", EvalConfig,
     "METHOD 8: EvalConfig's keys, for the base model and every trial's adapter; the study fills in the model, "
     "adapter and tracking.")
 SECTIONS: dict[str, type[BaseModel]] = {"training": TrainingSettings, "evaluation": EvalSettings}

@@ -5,11 +5,16 @@ Each stage writes its typed output into the study storage (``probes/``, ``analys
 a stage whose marker matches is skipped, so ``coloc resume`` is simply this function run again.
 The base model is evaluated as one more Tune trial, concurrently with the arms (it needs no layer sets).
 
-The study storage (:class:`coloc_ray.storage.Storage`) is a local path or an object-store URI. The driver
-works in a local mirror (the storage itself when it is local) and uploads each stage's output; trials upload
-theirs from whichever node runs them; the report is built from what the storage holds. Before any work,
-:func:`coloc_ray.ablation.cluster_checks.check_cluster` makes sure every node reaches the storage, the data
-and the tracking server.
+The study storage (:class:`coloc_ray.storage.Storage`, names in :mod:`coloc_ray.ablation.layout`) is a local
+path or an object-store URI. The driver works in a local mirror (the storage itself when it is local) and
+uploads each stage's output; trials upload theirs from whichever node runs them; the report is built from what
+the storage holds. Before any work, :func:`coloc_ray.ablation.cluster_checks.check_cluster` makes sure every
+node reaches the storage, the data and the tracking server, and the driver resolves the model once
+(:func:`coloc_ray.models.resolve_model_ref`: its weights' fingerprint and shape); every stage gets that
+reference, every hash uses its fingerprint, and every node checks it loads those weights.
+
+Read top to bottom, :func:`run_study` is the pipeline; each stage is the package's own function
+(:mod:`coloc_ray.ablation.stages`), called with the study's typed settings.
 """
 
 from __future__ import annotations
@@ -17,19 +22,25 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from coloc_ray.ablation import layout
 from coloc_ray.ablation.layersets import build_layer_sets, plan_trials
 from coloc_ray.ablation.progress import ProgressBoard
-from coloc_ray.ablation.study_config import StudyConfig, model_num_layers, validate_study
-from coloc_ray.ablation.trial import Stages, read_result, real_stages, trial_rel
+from coloc_ray.ablation.stages import Stages
+from coloc_ray.ablation.study_config import StudyConfig, validate_study
+from coloc_ray.ablation.trial import TrialContext, read_result, trial_rel
 from coloc_ray.errors import UserError
 from coloc_ray.io import config_hash, read_json, staged_dir, write_json
 
+if TYPE_CHECKING:
+    from coloc_ray.models.ref import ModelRef
+
 log = logging.getLogger(__name__)
 
-DONE = ".done"
+DONE = layout.DONE
 
 
 class StudyIncomplete(RuntimeError):
@@ -55,7 +66,7 @@ def _parent_tracker(cfg: StudyConfig, study_dir: Path):
     from coloc_ray.tracking import ensure_experiment
 
     ensure_experiment(cfg.tracking_uri, cfg.experiment_name)  # in the driver: trials creating it would race
-    rid = study_dir / "mlflow_run_id"
+    rid = study_dir / layout.RUN_ID
     old = rid.read_text().strip() if rid.is_file() else None
     tr = open_run(cfg.tracking_uri, cfg.experiment_name, cfg.name, None, {"coloc.study": cfg.name}, old)
     if tr.run_id != old:
@@ -79,14 +90,11 @@ def _mirror(store) -> Path:
     return d
 
 
-DRIVER_FILES = ("study.json", "mlflow_run_id", "layersets.json", "plan.json", "probes", "analysis")
-
-
 def _pull(store, mirror: Path) -> None:
     """Bring the driver's own outputs of an earlier run down from object storage (resume)."""
     if store.is_local:
         return
-    for name in DRIVER_FILES:
+    for name in layout.DRIVER_FILES:
         if store.is_file(name):
             (mirror / name).write_bytes(store.read_bytes(name))
         elif store.exists(name):
@@ -156,7 +164,7 @@ def _check_same_study(mirror: Path, study: dict, where: str) -> dict | None:
 
     Returns the earlier ``study.json`` as it was written (None when there is none): its trials' hashes were
     computed from it, possibly by an older section layout (:func:`_check_done_trials`)."""
-    old_file = mirror / "study.json"
+    old_file = mirror / layout.STUDY
     if not old_file.is_file():
         return None
     try:
@@ -187,64 +195,71 @@ def resolve_paths(cfg: StudyConfig) -> StudyConfig:
     return cfg
 
 
-def _probes_and_analysis(cfg: StudyConfig, study: dict, study_dir: Path, stages: Stages, tracker, store) -> tuple:
+def _probes_and_analysis(cfg: StudyConfig, ref: ModelKey, mirror: Path, stages: Stages, tracker, store) -> tuple:
     """Run (or skip) the probes and the analysis; returns (sensitivity, rope, probe hash)."""
     if cfg.probes.skip:
         return None, None, "skipped"
-    probe_keys = {k: v for k, v in study["probes"].items() if k != "n_perm"}  # n_perm is the analysis's
-    ph = config_hash({"model": cfg.model, "probes": probe_keys, "k": cfg.layer_sets.k})
+    p, k = cfg.probes, cfg.layer_sets.k
+    probe_keys = {key: v for key, v in cfg.resolved()["probes"].items() if key != "n_perm"}  # the analysis's
+    ph = config_hash({"model": ref.key, "probes": probe_keys, "k": k})
 
     def probes(tmp: Path) -> None:
-        sens, rope = stages.sensitivity(study), stages.rope_influence(study)
-        write_json(tmp / "sensitivity.json", sens)
-        write_json(tmp / "rope_influence.json", rope)
-        tracker.log_artifacts(tmp, "probes")
+        sens = stages.sensitivity(ref.model, pairs=p.pairs, pooling=p.pooling, sink_multiple=p.sink_multiple,
+                                  top_k=k, num_workers=p.num_workers)
+        rope = stages.rope_influence(ref.model, eval_data=p.eval_data, factors=tuple(p.factors),
+                                     layers=p.rope_layers, max_len=p.max_len, num_texts=p.num_texts,
+                                     num_workers=p.num_workers)
+        write_json(tmp / Path(layout.SENSITIVITY).name, sens)
+        write_json(tmp / Path(layout.ROPE).name, rope)
+        tracker.log_artifacts(tmp, layout.PROBES)
         tracker.log_series("sensitivity", sens["scores"])
         tracker.log_series("rope_influence", rope["scores"])
 
-    if _stage(study_dir / "probes", ph, "probes", probes):
-        _push(store, study_dir, "probes")
-    sens, rope = read_json(study_dir / "probes/sensitivity.json"), read_json(study_dir / "probes/rope_influence.json")
-    ah = config_hash({"probes": ph, "k": cfg.layer_sets.k, "n_perm": cfg.probes.n_perm})
-    if _stage(study_dir / "analysis", ah, "analysis", lambda tmp: stages.analysis(sens, rope, study, tmp, tracker)):
-        _push(store, study_dir, "analysis")
+    if _stage(mirror / layout.PROBES, ph, "probes", probes):
+        _push(store, mirror, layout.PROBES)
+    sens, rope = read_json(mirror / layout.SENSITIVITY), read_json(mirror / layout.ROPE)
+    ah = config_hash({"probes": ph, "k": k, "n_perm": p.n_perm})
+    if _stage(mirror / layout.ANALYSIS_DIR, ah, "analysis",
+              lambda tmp: stages.analysis(sens, rope, k, tmp, tracker=tracker, n_perm=p.n_perm)):
+        _push(store, mirror, layout.ANALYSIS_DIR)
     return sens, rope, ph
 
 
-def _layer_sets(cfg: StudyConfig, study_dir: Path, stages: Stages, sens, rope, ph: str) -> dict:
+def _layer_sets(cfg: StudyConfig, ref: ModelKey, mirror: Path, sens, rope, ph: str) -> dict:
+    from coloc_ray.analysis.colocalization import top_k_layers
+
     k = cfg.layer_sets.k
-    L = sens["num_layers"] if sens else model_num_layers(cfg.model)
-    if L is None:  # probes skipped and the model's config not readable offline
-        raise UserError(f"model {cfg.model!r}: its depth is unknown offline (no config.json in the local cache) and "
-                        "probes.skip is true; run the probes, or download the model's config first")
+    L = sens["num_layers"] if sens else ref.num_layers
     h = config_hash({"probes": ph, "k": k, "S": cfg.layer_sets.sensitive_layers, "seeds": cfg.control_seed_list,
                      "L": L})
-    path = study_dir / "layersets.json"
+    path = mirror / layout.LAYERSETS
     if path.is_file() and read_json(path).get("config_hash") == h:
         log.info("layer sets: %s is current, skipping", path)
         return read_json(path)
-    S = cfg.layer_sets.sensitive_layers or stages.top_k_layers(sens["scores"], k)
-    rope_k = stages.top_k_layers(rope["scores"], k) if rope else None
+    S = cfg.layer_sets.sensitive_layers or top_k_layers(sens["scores"], k)
+    rope_k = top_k_layers(rope["scores"], k) if rope else None
     sets = {**build_layer_sets(L, k, S, cfg.control_seed_list, rope_k),
             "S_source": "given" if cfg.layer_sets.sensitive_layers else "top-k sensitivity", "config_hash": h}
     write_json(path, sets)
     return sets
 
 
-def _trial_specs(cfg: StudyConfig, study: dict, sets: dict) -> list[dict]:
+def _trial_specs(cfg: StudyConfig, ref: ModelKey, sets: dict) -> list[dict]:
     """Base + every arm trial, each with the hash of what it depends on."""
     base = {"trial_id": "base", "arm": "base", "control_seed": None, "train_seed": 0, "lora_layers": [],
             "garfa_layers": []}
     specs = [base] + [s.to_dict() for s in plan_trials(cfg.arms, sets, cfg.control_seed_list, cfg.train_seed_list)]
+    study = cfg.resolved()
     sections = {key: {k: v for k, v in study[key].items() if not _free(f"{key}.{k}")}
                 for key in ("training", "evaluation")}  # every field of the section models, less FREE_KEYS
     for s in specs:
-        s["config_hash"] = _spec_hash(s, cfg.model, sections)
+        s["config_hash"] = _spec_hash(s, ref.key, sections)
     return specs
 
 
 def _spec_hash(spec: dict, model: str, sections: dict) -> str:
-    """What a trial's result depends on: the model, the evaluation (and training) sections, the trial itself."""
+    """What a trial's result depends on: the model's weights (or, in a study begun before weights were
+    fingerprinted, its name), the evaluation (and training) sections, the trial itself."""
     deps = {"model": model, "evaluation": sections["evaluation"],
             **({"training": sections["training"]} if spec["arm"] != "base" else {})}
     return config_hash({**deps, **{k: v for k, v in spec.items() if k != "config_hash"}})
@@ -275,15 +290,54 @@ def _check_done_trials(store, specs: list[dict], previous: dict | None = None) -
     return pending
 
 
-def _trial_ctx(cfg: StudyConfig, study: dict, store, parent_run_id: str | None, data_dir: str | None) -> dict:
+def _trial_ctx(cfg: StudyConfig, ref: ModelKey, store, parent_run_id: str | None,
+               data_dir: str | None) -> TrialContext:
     r = cfg.resources
     cpus = r.cpus_per_trial + r.workers_per_trial * r.cpus_per_worker
-    return {"study": study, "storage": store.root, "tracking_uri": cfg.tracking_uri,
-            "experiment": cfg.experiment_name, "parent_run_id": parent_run_id, "data_dir": data_dir,
-            "gpus": r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker, "threads": max(1, round(cpus)),
-            "start_timeout_s": r.start_timeout_s,
-            "eval_resources": {"GPU": r.eval_gpus, "CPU": r.cpus_per_eval, "start_timeout_s": r.start_timeout_s}
-            if r.eval_gpus > 0 else {}}
+    return TrialContext(
+        study=cfg, storage=store.root, model=ref.model, parent_run_id=parent_run_id, data_dir=data_dir,
+        gpus=r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker, threads=max(1, round(cpus)),
+        start_timeout_s=r.start_timeout_s,
+        eval_resources={"GPU": r.eval_gpus, "CPU": r.cpus_per_eval, "start_timeout_s": r.start_timeout_s}
+        if r.eval_gpus > 0 else {})
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """The study's model as the spine uses it: the driver's one resolution, and the key its hashes use."""
+
+    model: ModelRef
+    key: str  # the weights' fingerprint; a study begun before fingerprints existed keeps its model's name
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.shape.num_layers
+
+
+def _resolve_model(cfg: StudyConfig, mirror: Path, where: str, resumed: bool) -> ModelKey:
+    """Resolve ``cfg.model`` once (weights fingerprint, shape) and hold it against the study's ``model.json``:
+    a study whose checkpoint changed under the same name is refused, never continued on other weights."""
+    from coloc_ray.models import resolve_model_ref
+
+    ref = resolve_model_ref(cfg.model)
+    path = mirror / layout.MODEL
+    if path.is_file():
+        old = read_json(path)
+        if old.get("fingerprint") != ref.fingerprint:
+            raise UserError(
+                f"{where}: its study ran on weights {str(old.get('fingerprint'))[:12]} of {cfg.model!r} "
+                f"(revision {old.get('revision') or 'local files'}); {cfg.model!r} now has weights "
+                f"{ref.fingerprint[:12]}: its probes and trials belong to the old weights. Use a new output_dir, "
+                "or pin the old weights (a local copy, or the hub revision)")
+        hash_key = old.get("hash_key", "fingerprint")
+    else:
+        hash_key = "name" if resumed else "fingerprint"
+        if resumed:
+            log.warning("%s began before model fingerprints: its stages stay keyed by the model's name %r (weights "
+                        "now %s, recorded in %s)", where, cfg.model, ref.fingerprint[:12], layout.MODEL)
+    write_json(path, {**ref.to_dict(), "hash_key": hash_key})
+    log.info("model %s: weights %s, %d layers", cfg.model, ref.fingerprint[:12], ref.shape.num_layers)
+    return ModelKey(ref, ref.fingerprint if hash_key == "fingerprint" else cfg.model)
 
 
 def _check_resources(cfg: StudyConfig) -> None:
@@ -303,7 +357,7 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
         study_dir: study storage: a local path (every node must see it) or an object-store URI
             (default ``cfg.output_dir`` or ``runs/<name>``).
         address: Ray cluster to join (default: start a local Ray on 127.0.0.1).
-        stages: stage functions (default :func:`real_stages`; tests inject fakes).
+        stages: the stage functions (default :func:`coloc_ray.ablation.stages.real_stages`; a test passes its own).
         echo: print the progress table as it changes.
 
     Raises:
@@ -312,16 +366,16 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     import ray
 
     from coloc_ray.ablation.cluster_checks import check_cluster
+    from coloc_ray.ablation.stages import real_stages
     from coloc_ray.raycluster import ensure_ray
     from coloc_ray.storage import Storage, is_uri
 
-    real = stages is None
     stages = stages or real_stages()
     root = str(study_dir) if study_dir is not None else cfg.study_dir()
     root = root.rstrip("/") if is_uri(root) else str(Path(root).expanduser().resolve())
     _refuse_job_tempdir(root)
     cfg = resolve_paths(cfg)
-    errs = validate_study(cfg, stage_configs=real)
+    errs = validate_study(cfg)
     if errs:
         raise UserError("\n".join(errs))
     store = Storage(root)
@@ -334,23 +388,26 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
         mirror = _mirror(store)
         _pull(store, mirror)
         previous = _check_same_study(mirror, study, store.root)
-        write_json(mirror / "study.json", study)
-        _push(store, mirror, "study.json")
+        ref = _resolve_model(cfg, mirror, store.root, resumed=previous is not None)
+        write_json(mirror / layout.STUDY, study)
+        _push(store, mirror, layout.STUDY)
+        _push(store, mirror, layout.MODEL)
         tracker = _parent_tracker(cfg, mirror)
-        _push(store, mirror, "mlflow_run_id")
+        _push(store, mirror, layout.RUN_ID)
     except BaseException:
         if started_ray:
             ray.shutdown()
         raise
     try:
-        sens, rope, ph = _probes_and_analysis(cfg, study, mirror, stages, tracker, store)
-        sets = _layer_sets(cfg, mirror, stages, sens, rope, ph)
-        _push(store, mirror, "layersets.json")
-        tracker.log_dict(sets, "layersets.json")
-        specs = _trial_specs(cfg, study, sets)
+        sens, rope, ph = _probes_and_analysis(cfg, ref, mirror, stages, tracker, store)
+        sets = _layer_sets(cfg, ref, mirror, sens, rope, ph)
+        _push(store, mirror, layout.LAYERSETS)
+        tracker.log_dict(sets, layout.LAYERSETS)
+        specs = _trial_specs(cfg, ref, sets)
         _write_plan(cfg, mirror, specs)
-        _push(store, mirror, "plan.json")
-        _run_arms(cfg, study, store, mirror, specs, stages, tracker.run_id, echo, data_dir, previous)
+        _push(store, mirror, layout.PLAN)
+        ctx = _trial_ctx(cfg, ref, store, tracker.run_id, data_dir)
+        _run_arms(cfg, ctx, store, specs, stages, echo, previous)
         report = _report(store, mirror, specs, stages, tracker)
         tracker.end("FINISHED")
     except BaseException:
@@ -369,12 +426,12 @@ def _write_plan(cfg: StudyConfig, study_dir: Path, specs: list[dict]) -> None:
     once = [a for a in cfg.arms if not ARMS[a].uses_r and ARMS[a].trains]
     note = (f"arms {once} do not use R: they run once per training seed, not once per control seed"
             if once else "every arm uses R: one trial per (control seed, training seed)")
-    write_json(study_dir / "plan.json", {"note": note, "trials": specs})
+    write_json(study_dir / layout.PLAN, {"note": note, "trials": specs})
     log.info("%d trials (base eval + %d arm trials); %s", len(specs), len(specs) - 1, note)
 
 
-def _run_arms(cfg: StudyConfig, study: dict, store, mirror: Path, specs: list[dict], stages: Stages,
-              parent_run_id: str | None, echo: bool, data_dir: str | None, previous: dict | None = None) -> None:
+def _run_arms(cfg: StudyConfig, ctx: TrialContext, store, specs: list[dict], stages: Stages, echo: bool,
+              previous: dict | None = None) -> None:
     """Base eval + arm trials on Ray Tune, skipping finished ones; StudyIncomplete if any is left unfinished."""
     from coloc_ray.ablation.tune_trials import run_trials
 
@@ -383,8 +440,7 @@ def _run_arms(cfg: StudyConfig, study: dict, store, mirror: Path, specs: list[di
     for s in specs:
         if s not in pending:
             board.update(s["trial_id"], state="SKIPPED", phase="done")
-    status = run_trials(pending, _trial_ctx(cfg, study, store, parent_run_id, data_dir), stages, board=board,
-                        storage_path=cfg.storage_path or store.uri("tune"), name=f"{cfg.name}-{int(time.time())}",
+    status = run_trials(pending, ctx, stages, board=board, storage_path=cfg.storage_path or store.uri(layout.TUNE), name=f"{cfg.name}-{int(time.time())}",
                         max_concurrent=cfg.max_concurrent_trials, max_failures=cfg.max_failures,
                         pending_timeout_s=cfg.resources.start_timeout_s)
     # Judge by result.json, over every pending trial: an interrupted Tune leaves unstarted trials out of `status`.
@@ -403,22 +459,21 @@ def _report(store, mirror: Path, specs: list[dict], stages: Stages, tracker) -> 
     # its result was lost gives new numbers): both go into the hash that decides whether it is current.
     runs = [(s["config_hash"], (read_result(store, trial_rel(s)) or {}).get("wall_s")) for s in specs]
     h = config_hash(sorted(runs, key=str))
-    out = mirror / "report"
-    if store.is_file(f"report/{DONE}") and store.read_text(f"report/{DONE}").strip() == h \
-            and store.is_file("report/results.json"):
+    out, done = mirror / layout.REPORT, f"{layout.REPORT}/{DONE}"
+    if store.is_file(done) and store.read_text(done).strip() == h and store.is_file(layout.RESULTS):
         log.info("report: current for these trials, skipping")
-        return store.read_json("report/results.json")
+        return store.read_json(layout.RESULTS)
     if not store.is_local:
         for s in specs:
-            store.download(trial_rel(s), mirror / trial_rel(s), skip=["adapter"])
+            store.download(trial_rel(s), mirror / trial_rel(s), skip=[layout.ADAPTER])
     result = stages.report(mirror)
     if result.get("incomplete"):  # every trial finished, yet the report lacks some: never call that done
         raise StudyIncomplete(f"the report lacks trial(s) {', '.join(result['incomplete'])}; "
                               f"`coloc resume {store.root}` runs them again")
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "results.json").is_file():
-        write_json(out / "results.json", result)
+    if not (mirror / layout.RESULTS).is_file():
+        write_json(mirror / layout.RESULTS, result)
     (out / DONE).write_text(h)
-    _push(store, mirror, "report")
-    tracker.log_artifacts(out, "report")
+    _push(store, mirror, layout.REPORT)
+    tracker.log_artifacts(out, layout.REPORT)
     return result

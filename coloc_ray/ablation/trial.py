@@ -8,164 +8,109 @@ Plain Python, no Ray: :mod:`coloc_ray.ablation.tune_trials` wraps :func:`run_tri
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from coloc_ray.ablation import layout
+from coloc_ray.ablation.study_config import StudyConfig
 from coloc_ray.io import write_json
+
+if TYPE_CHECKING:
+    from coloc_ray.ablation.stages import Stages
+    from coloc_ray.evaluation.config import EvalConfig
+    from coloc_ray.finetune.config import FinetuneConfig
+    from coloc_ray.models.ref import ModelRef
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class Stages:
-    """The stage functions the spine and the trials call (dependency injection: tests pass fast fakes).
 
-    Every function takes the resolved study dict (``StudyConfig.resolved()``) where it needs settings.
-    Module-level functions only: Tune pickles this object to its trial workers.
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study shares: the study, where it is stored, the model the driver resolved, resources.
+
+    Pickled by Tune to each trial process (the study is a pydantic model; the model reference a dataclass).
     """
 
-    sensitivity: Callable[[dict], dict]                      # study -> sensitivity.json
-    rope_influence: Callable[[dict], dict]                   # study -> rope_influence.json
-    analysis: Callable[[dict, dict, dict, Path, Any], dict]  # (sens, rope, study, out_dir, tracker) -> analysis.json
-    top_k_layers: Callable[[list, int], list]                # (scores, k) -> sorted layers
-    finetune_config: Callable[[dict, dict, Any], Any]        # (study, trial spec, parent run id) -> config
-    finetune: Callable[[Any, Path], dict]                    # (config, out_dir) -> metrics.json
-    eval_config: Callable[[dict, Any, dict], Any]            # (study, adapter dir or None, spec) -> config
-    evaluate: Callable[[Any, Path, Any], dict]               # (config, out_dir, tracker) -> eval.json
-    report: Callable[[Path], dict]                           # study_dir -> results
-    # (config, out_dir) -> the live progress file finetune(config, out_dir) rewrites while it runs, or None
-    finetune_progress: Optional[Callable[[Any, Path], Optional[Path]]] = None
+    study: StudyConfig  # validated, paths resolved (``spine.resolve_paths``)
+    storage: str  # the study storage root: a local path every node sees, or an object-store URI
+    model: Optional[ModelRef] = None  # resolved once by the driver; None: each stage resolves ``study.model``
+    parent_run_id: Optional[str] = None  # the study's MLflow run
+    data_dir: Optional[str] = None  # the driver's resolved $COLOC_DATA (checked on every node)
+    gpus: float = 0.0  # GPUs the trial holds (for gpu_hours)
+    threads: int = 1  # torch threads of the trial process
+    start_timeout_s: float = 300.0  # bound on every wait for resources
+    eval_resources: dict = field(default_factory=dict)  # {"GPU", "CPU", "start_timeout_s"} of a GPU evaluation
+    progress_interval_s: float = 2.0
+    tracking: bool = True
+
+    @property
+    def experiment(self) -> str:
+        return self.study.experiment_name
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        return self.model.fingerprint if self.model is not None else None
 
 
-def _accepted(fn: Callable, kwargs: dict) -> dict:
-    """Only the keyword arguments ``fn`` accepts (optional knobs a stage may not offer)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
-def real_sensitivity(study: dict) -> dict:
-    from coloc_ray.probes.api import run_sensitivity
-
-    p = study["probes"]
-    kw = {"pairs": p["pairs"], "pooling": p["pooling"], "sink_multiple": p["sink_multiple"],
-          "top_k": study["layer_sets"]["k"], "num_workers": p["num_workers"]}
-    return run_sensitivity(study["model"], **_accepted(run_sensitivity, kw))
-
-
-def real_rope_influence(study: dict) -> dict:
-    from coloc_ray.probes.api import run_rope_influence
-
-    p = study["probes"]
-    kw = {"eval_data": p["eval_data"], "factors": tuple(p["factors"]), "layers": p["rope_layers"],
-          "max_len": p["max_len"], "num_texts": p["num_texts"], "num_workers": p["num_workers"]}
-    return run_rope_influence(study["model"], **_accepted(run_rope_influence, kw))
-
-
-def real_analysis(sens: dict, rope: dict, study: dict, out_dir: Path, tracker) -> dict:
-    from coloc_ray.analysis.run import run_analysis
-
-    return run_analysis(sens, rope, study["layer_sets"]["k"], out_dir, tracker=tracker,
-                        n_perm=study["probes"]["n_perm"])
-
-
-def real_top_k_layers(scores: list, k: int) -> list:
-    from coloc_ray.analysis.colocalization import top_k_layers
-
-    return top_k_layers(scores, k)
-
-
-def finetune_config_dict(study: dict, spec: dict, parent_run_id: str | None) -> dict:
-    """The study's training section (FinetuneConfig's keys already) + this trial's ``sections.TRIAL_KEYS``: layer
-    sets, seed, workers and tracking. ``extra`` keys (a custom stage's) go last, unchanged."""
+def finetune_config_dict(study: dict, spec: dict, parent_run_id: str | None,
+                         model_fingerprint: str | None = None) -> dict:
+    """The study's training section (FinetuneConfig's keys already) + this trial's ``sections.TRIAL_KEYS``: the
+    model (and the fingerprint of the weights the driver resolved), layer sets, seed, workers and tracking.
+    ``extra`` keys go last, unchanged: FinetuneConfig refuses any that is not its own."""
     t, r = dict(study["training"]), study["resources"]
     extra = t.pop("extra", {})
-    d = {**t, "model": study["model"], "lora_layers": spec["lora_layers"], "garfa_layers": spec["garfa_layers"],
-         "seed": spec["train_seed"], "num_workers": r["workers_per_trial"], "cpus_per_worker": r["cpus_per_worker"],
-         "use_gpu": r["gpus_per_worker"] > 0, "tracking_uri": study.get("tracking_uri"),
-         "experiment": study.get("experiment") or f"coloc-{study['name']}", "run_name": f"{spec['trial_id']}/finetune",
-         "parent_run_id": parent_run_id, "tracking": parent_run_id is not None, **extra}
+    d = {**t, "model": study["model"], "model_fingerprint": model_fingerprint, "lora_layers": spec["lora_layers"],
+         "garfa_layers": spec["garfa_layers"], "seed": spec["train_seed"], "num_workers": r["workers_per_trial"],
+         "cpus_per_worker": r["cpus_per_worker"], "use_gpu": r["gpus_per_worker"] > 0,
+         "tracking_uri": study.get("tracking_uri"), "experiment": study.get("experiment") or f"coloc-{study['name']}",
+         "run_name": f"{spec['trial_id']}/finetune", "parent_run_id": parent_run_id,
+         "tracking": parent_run_id is not None, **extra}
     if r["gpus_per_worker"] > 0:
         d["gpus_per_worker"] = r["gpus_per_worker"]
     return d
 
 
-def real_finetune_config(study: dict, spec: dict, parent_run_id: str | None):
-    from coloc_ray.finetune.config import parse_config
-
-    return parse_config(finetune_config_dict(study, spec, parent_run_id), where=f"study training ({spec['trial_id']})")
-
-
-def real_finetune(cfg, out_dir: Path) -> dict:
-    from coloc_ray.finetune.api import run_finetune
-
-    return run_finetune(cfg, out_dir)
-
-
-def real_finetune_progress(cfg, out_dir: Path) -> Path | None:
-    from coloc_ray.finetune.ray_worker import progress_file
-
-    return progress_file(cfg, out_dir)
-
-
-def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict) -> dict:
+def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict, model_fingerprint: str | None = None) -> dict:
     """The trial's EvalConfig fields. The seed is the study's evaluation seed (``evaluation.seed``), the
     same for every arm and the base model, never the trial's training seed: replicates of an arm must
     differ by their training only, not by their few-shot contexts, option orders or ``limit`` items."""
     e = dict(study["evaluation"])  # EvalConfig's keys already, less sections.TRIAL_KEYS
     extra = e.pop("extra", {})
     experiment = study.get("experiment") or f"coloc-{study['name']}"
-    return {**e, "model": study["model"], "adapter": adapter_dir,
+    return {**e, "model": study["model"], "model_fingerprint": model_fingerprint, "adapter": adapter_dir,
             "tracking_uri": study.get("tracking_uri"), "experiment": experiment, **extra}
 
 
-def real_eval_config(study: dict, adapter_dir: str | None, spec: dict):
+def finetune_config(ctx: TrialContext, spec: dict, parent_run_id: str | None) -> FinetuneConfig:
+    """The trial's validated FinetuneConfig."""
+    from coloc_ray.finetune.config import parse_config
+
+    d = finetune_config_dict(ctx.study.resolved(), spec, parent_run_id, ctx.fingerprint)
+    return parse_config(d, where=f"study training ({spec['trial_id']})")
+
+
+def eval_config(ctx: TrialContext, adapter_dir: str | None, spec: dict) -> EvalConfig:
+    """The trial's validated EvalConfig."""
     from coloc_ray.evaluation.config import EvalConfig
 
-    return EvalConfig.model_validate(eval_config_dict(study, adapter_dir, spec))
-
-
-def real_evaluate(cfg, out_dir: Path, tracker) -> dict:
-    from coloc_ray.evaluation.api import run_eval
-
-    return run_eval(cfg, out_dir, tracker)
-
-
-def real_report(study_dir: Path) -> dict:
-    from coloc_ray.ablation.report import build_report
-
-    return build_report(study_dir)
-
-
-def real_stages() -> Stages:
-    """The real stages of docs/ARCHITECTURE.md (imported lazily, when each runs)."""
-    return Stages(real_sensitivity, real_rope_influence, real_analysis, real_top_k_layers, real_finetune_config,
-                  real_finetune, real_eval_config, real_evaluate, real_report, real_finetune_progress)
-
-
-
-RESULT = "result.json"
-ATTEMPTS = "attempts.log"  # one line per start: shows no finished trial ever ran twice
-RUN_ID_FILE = "mlflow_run_id"
-TRAIN = "train"  # Ray Train runs (checkpoints) of every trial, under the study storage
+    return EvalConfig.model_validate(eval_config_dict(ctx.study.resolved(), adapter_dir, spec, ctx.fingerprint))
 
 
 def trial_rel(spec: dict) -> str:
-    """The trial's folder relative to the study storage: ``base`` or ``trials/<trial_id>``."""
-    return "base" if spec["arm"] == "base" else f"trials/{spec['trial_id']}"
+    """The trial's folder relative to the study storage (:func:`coloc_ray.ablation.layout.trial_dir`)."""
+    return layout.trial_dir(spec["trial_id"], spec["arm"])
 
 
 def read_result(store, rel: str) -> dict | None:
     """The trial's ``result.json``, or None when it is absent or unreadable: a truncated or foreign file means
     the trial is not finished (it runs again), never that it is done."""
-    path = f"{rel}/{RESULT}"
+    path = f"{rel}/{layout.RESULT}"
     if not store.is_file(path):
         return None
     try:
@@ -186,14 +131,15 @@ def scratch_root() -> Path:
     return root
 
 
-def _tracker(ctx: dict, spec: dict, store, rel: str):
+def _tracker(ctx: TrialContext, spec: dict, store, rel: str):
     """The trial's nested MLflow run, resumed (same run id) if an earlier attempt created it."""
-    run_id = store.read_text(f"{rel}/{RUN_ID_FILE}").strip() if store.is_file(f"{rel}/{RUN_ID_FILE}") else None
-    tags = {"coloc.study": ctx["study"]["name"], "coloc.arm": spec["arm"], "coloc.trial_id": spec["trial_id"]}
-    tr = open_run(ctx.get("tracking_uri"), ctx["experiment"], spec["trial_id"], ctx.get("parent_run_id"), tags,
-                  run_id, enabled=ctx.get("tracking", True))
+    rid = f"{rel}/{layout.RUN_ID}"
+    run_id = store.read_text(rid).strip() if store.is_file(rid) else None
+    tags = {"coloc.study": ctx.study.name, "coloc.arm": spec["arm"], "coloc.trial_id": spec["trial_id"]}
+    tr = open_run(ctx.study.tracking_uri, ctx.experiment, spec["trial_id"], ctx.parent_run_id, tags, run_id,
+                  enabled=ctx.tracking)
     if tr.enabled and tr.run_id != run_id:
-        store.write_text(f"{rel}/{RUN_ID_FILE}", tr.run_id)
+        store.write_text(rid, tr.run_id)
     return tr
 
 
@@ -215,7 +161,7 @@ def open_run(uri, experiment: str, name: str, parent: str | None, tags: dict, ru
 
 def _attempt(store, rel: str) -> int:
     """Append this start to ``attempts.log`` in storage; returns the attempt number (1 = first)."""
-    path = f"{rel}/{ATTEMPTS}"
+    path = f"{rel}/{layout.ATTEMPTS}"
     old = store.read_text(path) if store.is_file(path) else ""
     import socket
 
@@ -223,20 +169,18 @@ def _attempt(store, rel: str) -> int:
     return old.count("\n") + 1
 
 
-def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], Any] | None = None) -> dict:
+def run_trial(spec: dict, ctx: TrialContext, stages: Stages, report: Callable[[dict], Any] | None = None) -> dict:
     """Run one trial to its ``result.json`` in the study storage (or return the existing one untouched).
 
     The trial works in node-local scratch and uploads its folder when done, ``result.json`` last: on a
-    cluster whose nodes share no disk the driver finds every result in the storage (``ctx["storage"]``, a
+    cluster whose nodes share no disk the driver finds every result in the storage (``ctx.storage``, a
     local path every node sees or an object-store URI). Ray Train checkpoints go to ``<storage>/train``, so
     a retry on another node resumes the fine-tune from its last checkpoint.
 
     Args:
         spec: a :class:`~coloc_ray.ablation.layersets.TrialSpec` as a dict (trial_id, arm, seeds, layers).
-        ctx: ``study`` (resolved StudyConfig dict), ``storage`` (study storage root), ``tracking_uri``,
-            ``experiment``, ``parent_run_id``, ``gpus`` (GPUs the trial holds, for gpu_hours), ``data_dir``,
-            ``eval_resources`` (``{"CPU", "GPU"}`` of the evaluation when it runs as its own Ray task).
-        stages: the stage functions (real ones, or fakes in tests).
+        ctx: the study's shared context.
+        stages: the stage functions (:func:`coloc_ray.ablation.stages.real_stages`, or a test's).
         report: called with progress metrics (``phase``, ``step``, ``loss``...); Tune's ``tune.report``.
 
     Returns:
@@ -245,13 +189,13 @@ def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], An
     from coloc_ray.storage import Storage
 
     report = report or (lambda m: None)
-    store, rel = Storage(ctx.get("storage") or ctx["study_dir"]), trial_rel(spec)
+    store, rel = Storage(ctx.storage), trial_rel(spec)
     rec = read_result(store, rel)
     if rec is not None:
         report({"phase": "done", "step": rec.get("finetune", {}).get("steps", 0), "skipped": True})
         return rec
-    if ctx.get("data_dir"):
-        os.environ["COLOC_DATA"] = ctx["data_dir"]  # the driver's resolved data dir (checked on every node)
+    if ctx.data_dir:
+        os.environ["COLOC_DATA"] = ctx.data_dir  # the driver's resolved data dir (checked on every node)
     attempt = _attempt(store, rel)
     out = Path(tempfile.mkdtemp(prefix=f"coloc-{spec['trial_id']}-", dir=scratch_root()))
     t0 = time.time()
@@ -264,21 +208,22 @@ def run_trial(spec: dict, ctx: dict, stages: Stages, report: Callable[[dict], An
         ft = _finetune(spec, ctx, stages, out, tracker, report, store)
         ft_wall = time.time() - t_ft
         report({"phase": "eval", "step": ft.get("steps", 0), "loss": ft.get("final_train_loss")})
-        adapter = str(out / "adapter") if spec["arm"] != "base" else None
+        adapter = str(out / layout.ADAPTER) if spec["arm"] != "base" else None
         if adapter:  # kept in storage at once: an evaluation elsewhere (or a later look) finds it
-            store.upload(out / "adapter", f"{rel}/adapter", skip=[".train"])
-        ev, eval_acc = _evaluate(stages, stages.eval_config(ctx["study"], adapter, spec), out / "eval", tracker,
-                                 ctx.get("eval_resources") or {}, store.uri(f"{rel}/adapter") if adapter else None)
+            store.upload(out / layout.ADAPTER, f"{rel}/{layout.ADAPTER}", skip=[".train"])
+        ev, eval_acc = _evaluate(stages, eval_config(ctx, adapter, spec), out / layout.EVAL, tracker,
+                                 ctx.eval_resources, store.uri(f"{rel}/{layout.ADAPTER}") if adapter else None)
         rec = _record(spec, ctx, store.uri(rel), ft, ev, time.time() - t0, tracker.run_id)
         rec.update(attempt=attempt, accelerators={"finetune": ft.get("accelerators", []), "eval": eval_acc},
-                   cost=_cost(spec, ctx, ft, ft_wall, ev, out / "eval", eval_acc))
+                   cost=_cost(spec, ctx, ft, ft_wall, ev, out / layout.EVAL, eval_acc))
         _log_result(tracker, rec, out)
         # Run FINISHED before the result exists: a kill in between re-runs the trial (same run), never the
         # reverse (a result whose run stays RUNNING forever).
         tracker.end("FINISHED")
-        (out / ".done").write_text(spec.get("config_hash", ""))  # which config; meaningless without RESULT
-        write_json(out / RESULT, rec)
-        store.upload(out, rel, last=[".done", RESULT], skip=["adapter"])  # result.json last: the done marker
+        (out / layout.DONE).write_text(spec.get("config_hash", ""))  # which config; meaningless without RESULT
+        write_json(out / layout.RESULT, rec)
+        # result.json last: the done marker
+        store.upload(out, rel, last=[layout.DONE, layout.RESULT], skip=[layout.ADAPTER])
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -319,33 +264,33 @@ def _where() -> dict:
     return {"node_id": None, "gpu_ids": []}
 
 
-def _finetune(spec: dict, ctx: dict, stages: Stages, out: Path, tracker, report, store=None) -> dict:
+def _finetune(spec: dict, ctx: TrialContext, stages: Stages, out: Path, tracker, report, store=None) -> dict:
     if spec["arm"] == "base":
         return {}
     report({"phase": "finetune", "step": 0})
-    cfg = stages.finetune_config(ctx["study"], spec, tracker.run_id if tracker.enabled else None)
-    if store is not None and getattr(cfg, "storage_path", "n/a") is None:  # checkpoints in the study storage
-        cfg = cfg.model_copy(update={"storage_path": store.uri(TRAIN)})
-    live = stages.finetune_progress(cfg, out / "adapter") if stages.finetune_progress else None
+    cfg = finetune_config(ctx, spec, tracker.run_id if tracker.enabled else None)
+    if store is not None and cfg.storage_path is None:  # checkpoints in the study storage
+        cfg = cfg.model_copy(update={"storage_path": store.uri(layout.TRAIN)})
+    live = stages.finetune_progress(cfg, out / layout.ADAPTER) if stages.finetune_progress else None
     if live is None:
-        return stages.finetune(cfg, out / "adapter")
+        return stages.finetune(cfg, out / layout.ADAPTER)
     from coloc_ray.ablation.progress import FileWatcher
 
     # The fine-tune blocks until it ends: a thread relays its progress file (step, loss, ETA) meanwhile.
-    with FileWatcher(live, report, interval_s=float(ctx.get("progress_interval_s", 2.0))):
-        return stages.finetune(cfg, out / "adapter")
+    with FileWatcher(live, report, interval_s=ctx.progress_interval_s):
+        return stages.finetune(cfg, out / layout.ADAPTER)
 
 
-def _record(spec: dict, ctx: dict, where: str, ft: dict, ev: dict, wall_s: float, run_id) -> dict:
+def _record(spec: dict, ctx: TrialContext, where: str, ft: dict, ev: dict, wall_s: float, run_id) -> dict:
     return {**{k: spec[k] for k in ("trial_id", "arm", "control_seed", "train_seed", "lora_layers",
                                     "garfa_layers")},
-            "finetune": ft, "eval": ev, "items_dir": f"{where}/eval/items",
-            "adapter_dir": f"{where}/adapter" if spec["arm"] != "base" else None,
-            "wall_s": round(wall_s, 3), "gpu_hours": round(wall_s / 3600 * float(ctx.get("gpus", 0)), 6),
+            "finetune": ft, "eval": ev, "items_dir": f"{where}/{layout.ITEMS}",
+            "adapter_dir": f"{where}/{layout.ADAPTER}" if spec["arm"] != "base" else None,
+            "wall_s": round(wall_s, 3), "gpu_hours": round(wall_s / 3600 * float(ctx.gpus), 6),
             "mlflow_run_id": run_id}
 
 
-def _cost(spec: dict, ctx: dict, ft: dict, ft_wall: float, ev: dict, eval_dir: Path, span: dict) -> dict:
+def _cost(spec: dict, ctx: TrialContext, ft: dict, ft_wall: float, ev: dict, eval_dir: Path, span: dict) -> dict:
     """The trial's ``cost`` record (:func:`coloc_ray.ablation.cost.trial_cost`), with the evaluation's run
     record read from its ``eval_config.json`` (absent: an evaluation stage that writes none)."""
     from coloc_ray.ablation.cost import trial_cost
@@ -357,7 +302,7 @@ def _cost(spec: dict, ctx: dict, ft: dict, ft_wall: float, ev: dict, eval_dir: P
             run = read_json(eval_dir / "eval_config.json").get("run")
         except (ValueError, AttributeError) as e:
             log.warning("%s unreadable (%s): evaluation cost from its span", eval_dir / "eval_config.json", e)
-    return trial_cost(spec, ctx["study"], ft, ft_wall, ev, run, span)
+    return trial_cost(spec, ctx.study.resolved(), ft, ft_wall, ev, run, span)
 
 
 def _log_result(tracker, rec: dict, out: Path) -> None:
@@ -369,6 +314,6 @@ def _log_result(tracker, rec: dict, out: Path) -> None:
     cost = {f"cost/{k}": v for k, v in rec.get("cost", {}).items() if isinstance(v, (int, float))}
     tracker.log_metrics({**metrics, "wall_s": rec["wall_s"], "gpu_hours": rec["gpu_hours"], **cost})
     tracker.log_dict(rec, "result.json")
-    for sub, art in (("adapter", "adapter"), ("eval/items", "items")):
+    for sub, art in ((layout.ADAPTER, "adapter"), (layout.ITEMS, "items")):
         if (out / sub).is_dir():
             tracker.log_artifacts(out / sub, art)

@@ -13,21 +13,23 @@ import logging
 import os
 from pathlib import Path
 
+from coloc_ray.ablation import layout
 from coloc_ray.ablation.progress import ProgressBoard
-from coloc_ray.ablation.trial import Stages, run_trial
+from coloc_ray.ablation.stages import Stages
+from coloc_ray.ablation.trial import TrialContext, run_trial
 
 log = logging.getLogger(__name__)
 
 
-def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
+def _trial_fn(config: dict, ctx: TrialContext, stages: Stages) -> None:
     # Keep torch to this trial's CPU share: two trials on two cores must not each spawn two threads.
     import torch
     from ray import tune
 
-    torch.set_num_threads(max(1, int(ctx.get("threads", 1))))
+    torch.set_num_threads(max(1, int(ctx.threads)))
     # Ray Train propagates this to its controller: a worker group that cannot start (lost node, no capacity)
     # fails after this long and counts against the fine-tune's bounded retries, instead of waiting for ever.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(ctx.get("start_timeout_s", 300)))
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(ctx.start_timeout_s))
     from coloc_ray.ablation.console import trial_log_path, trial_output
     from coloc_ray.ablation.trial import scratch_root
 
@@ -35,7 +37,7 @@ def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
     # The trial process's own output (lm-eval / datasets progress bars, library warnings) goes to its log file on
     # this node, then to the study storage; its Ray Train workers are other processes, whose output Ray forwards
     # to the driver (the quiet console files it in <study>/logs/ray-workers.log).
-    log_path = trial_log_path(scratch_root(), ctx["study"]["name"], spec["trial_id"])
+    log_path = trial_log_path(scratch_root(), ctx.study.name, spec["trial_id"])
     try:
         with trial_output(log_path):
             run_trial(spec, ctx, stages, report=lambda m: tune.report(dict(m)))
@@ -43,16 +45,16 @@ def _trial_fn(config: dict, ctx: dict, stages: Stages) -> None:
         _keep_log(ctx, spec["trial_id"], log_path)
 
 
-def _keep_log(ctx: dict, trial_id: str, log_path: Path) -> None:
+def _keep_log(ctx: TrialContext, trial_id: str, log_path: Path) -> None:
     """Copy the trial's log to ``<storage>/logs/trials/<trial_id>/<host>.log`` (one file per node it ran on)."""
     import socket
 
     from coloc_ray.storage import Storage
 
     try:
-        if log_path.is_file() and ctx.get("storage"):
-            Storage(ctx["storage"]).write_bytes(f"logs/trials/{trial_id}/{socket.gethostname()}-{os.getpid()}.log",
-                                                log_path.read_bytes())
+        if log_path.is_file():
+            Storage(ctx.storage).write_bytes(layout.trial_log(trial_id, f"{socket.gethostname()}-{os.getpid()}.log"),
+                                             log_path.read_bytes())
     except Exception as e:  # noqa: BLE001 - losing a log must not fail a finished trial
         log.warning("could not keep the log of trial %s: %s", trial_id, e)
 
@@ -137,14 +139,14 @@ def trial_resources(resources: dict) -> dict:
     return {"cpu": resources["cpus_per_trial"], "gpu": resources["gpus_per_trial"]}
 
 
-def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressBoard, storage_path: str | Path,
+def run_trials(specs: list[dict], ctx: TrialContext, stages: Stages, *, board: ProgressBoard, storage_path: str | Path,
                name: str, max_concurrent: int, max_failures: int, pending_timeout_s: float = 300.0
                ) -> dict[str, str]:
     """Run ``specs`` as Tune trials; returns ``{trial_id: "DONE" | "ERROR: <message>"}``.
 
     Args:
         specs: trial specs (dicts) still to run.
-        ctx: the trial context of :func:`run_trial` (must hold ``study`` with its ``resources``).
+        ctx: the trial context of :func:`run_trial`.
         stages: the stage functions, shipped to the trial workers.
         board: progress sink (driver side).
         storage_path: Tune's experiment storage (absolute local path or URI).
@@ -157,7 +159,7 @@ def run_trials(specs: list[dict], ctx: dict, stages: Stages, *, board: ProgressB
 
     if not specs:
         return {}
-    res = trial_resources(ctx["study"]["resources"])
+    res = trial_resources(ctx.study.resources.model_dump())
     watchdog = _watchdog_cls()(pending_timeout_s)
     trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx, stages=stages), res)
     tuner = tune.Tuner(

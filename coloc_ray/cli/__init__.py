@@ -47,12 +47,15 @@ class _ExitParser(argparse.ArgumentParser):
     pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, stages=None) -> int:
+    """The ``coloc`` command. ``stages``: the study's stage functions for ``run`` / ``resume`` (default the real
+    ones, :func:`coloc_ray.ablation.stages.real_stages`; a test passes its own)."""
     from coloc_ray.errors import UserError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.stages = stages
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

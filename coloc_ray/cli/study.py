@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-
-STAGES_ENV = "COLOC_STUDY_STAGES"  # "module:factory" returning a Stages (tests only; default: the real stages)
 
 
 def register(sub) -> None:
@@ -44,9 +41,10 @@ def _console(cfg, study_dir, verbose: bool):
     from pathlib import Path
 
     from coloc_ray.ablation.console import setup_console
+    from coloc_ray.ablation.layout import LOGS
 
     sd = str(study_dir or cfg.study_dir())
-    logs = Path(tempfile.gettempdir()) / f"coloc-{cfg.name}-logs" if "://" in sd else Path(sd) / "logs"
+    logs = Path(tempfile.gettempdir()) / f"coloc-{cfg.name}-logs" if "://" in sd else Path(sd) / LOGS
     return setup_console(verbose, logs)
 
 
@@ -90,18 +88,6 @@ def _validate(args) -> int:
     return 0
 
 
-def _stages():
-    spec = os.environ.get(STAGES_ENV)
-    if not spec:
-        return None  # run_study uses the real stages
-    from ray import cloudpickle
-
-    mod, _, attr = spec.partition(":")
-    module = importlib.import_module(mod)
-    cloudpickle.register_pickle_by_value(module)  # Ray workers may not be able to import it (e.g. tests/)
-    return getattr(module, attr or "stages")()
-
-
 def _run(args) -> int:
     from coloc_ray.ablation.study_config import load_study
     from coloc_ray.errors import UserError
@@ -112,14 +98,14 @@ def _run(args) -> int:
     if errs:
         raise UserError(errs[0])
     with _console(cfg, args.out, getattr(args, "verbose", False)):
-        return _finish(cfg, args.out, args.address)
+        return _finish(cfg, args.out, args.address, args.stages)
 
 
-def _finish(cfg, study_dir, address) -> int:
+def _finish(cfg, study_dir, address, stages) -> int:
     from coloc_ray.ablation.spine import StudyIncomplete, run_study
 
     try:
-        out = run_study(cfg, study_dir, address=address, stages=_stages())
+        out = run_study(cfg, study_dir, address=address, stages=stages)
     except StudyIncomplete as e:
         print(f"coloc: study {cfg.name} incomplete: {e}", file=sys.stderr)
         return 1
@@ -130,6 +116,7 @@ def _finish(cfg, study_dir, address) -> int:
 def _resume(args) -> int:
     from pathlib import Path
 
+    from coloc_ray.ablation.layout import STUDY
     from coloc_ray.ablation.study_config import StudyConfig
     from coloc_ray.errors import UserError
     from coloc_ray.io import read_json
@@ -137,11 +124,11 @@ def _resume(args) -> int:
 
     if is_uri(args.study_dir):  # a study in object storage: read its record from there
         store = Storage(args.study_dir)
-        if not store.is_file("study.json"):
+        if not store.is_file(STUDY):
             raise UserError(f"{args.study_dir}: no study.json there; pass the storage `coloc run` wrote to")
-        p, load = f"{store.uri('study.json')}", lambda: store.read_json("study.json")
+        p, load = f"{store.uri(STUDY)}", lambda: store.read_json(STUDY)
     else:
-        p = Path(args.study_dir) / "study.json"
+        p = Path(args.study_dir) / STUDY
         if not p.is_file():
             raise UserError(f"{args.study_dir}: no study.json here; pass the directory `coloc run` created")
         check_text_file(p, "study record")
@@ -156,7 +143,7 @@ def _resume(args) -> int:
         raise UserError(f"{p} is corrupt ({type(e).__name__}: {first}); restore it, or start the study again "
                         "with `coloc run <study.yaml> --out <a new dir>`") from None
     with _console(cfg, args.study_dir, getattr(args, "verbose", False)):
-        return _finish(cfg, args.study_dir, args.address)
+        return _finish(cfg, args.study_dir, args.address, args.stages)
 
 
 def _out_errors(out: str | None, key: str) -> list[str]:

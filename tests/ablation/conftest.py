@@ -20,13 +20,22 @@ def fakes_by_value():
 
 
 def tiny_study_dict(tmp, **over) -> dict:
-    """tiny_test.yaml with its outputs, MLflow store and fake-stage knobs under ``tmp``."""
+    """tiny_test.yaml with its outputs and MLflow store under ``tmp``."""
     d = yaml.safe_load((REPO / "studies" / "tiny_test.yaml").read_text())
     d["output_dir"] = str(tmp / "study")
     d["tracking_uri"] = f"sqlite:///{tmp / 'mlruns.db'}"
-    d["training"]["extra"] = {"fake_calls": str(tmp / "calls.log"), "fake_sleep": 1.0}
     d.update(over)
     return d
+
+
+def fake_knobs(tmp, **over) -> dict:
+    """The fake stages' knobs (tests/ablation/fakes.py): fine-tune calls logged to ``tmp/calls.log``, 1 s each."""
+    return {"calls": str(tmp / "calls.log"), "sleep": 1.0, **over}
+
+
+def fake_env(tmp, **over) -> dict:
+    """The same knobs as environment variables, for a study run in a subprocess."""
+    return {f"COLOC_FAKE_{k.upper()}": str(v) for k, v in fake_knobs(tmp, **over).items()}
 
 
 def mlflow_children(uri: str, parent_run_id: str) -> list:

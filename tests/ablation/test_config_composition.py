@@ -18,7 +18,7 @@ import coloc_ray.evaluation.config as eval_config_module
 from coloc_ray.ablation import sections, spine
 from coloc_ray.ablation.layersets import build_layer_sets, plan_trials
 from coloc_ray.ablation.study_config import StudyConfig, load_study
-from coloc_ray.ablation.trial import eval_config_dict, finetune_config_dict, real_eval_config, real_finetune_config
+from coloc_ray.ablation.trial import TrialContext, eval_config, eval_config_dict, finetune_config, finetune_config_dict
 from coloc_ray.evaluation.config import EvalConfig
 from coloc_ray.finetune.config import FinetuneConfig
 from coloc_ray.io import config_hash
@@ -64,16 +64,16 @@ def test_shipped_study_stage_configs(path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # shipped files use no deprecated `extra:` stage keys
         cfg = load_study(path)
-    study = cfg.resolved()
+    ctx = TrialContext(study=cfg, storage="unused")
     want = EXPECTED[f"{path.parent.name}/{path.name}"]
     for spec in _specs(cfg):
-        ev = real_eval_config(study, None if spec["arm"] == "base" else "/a", spec)
+        ev = eval_config(ctx, None if spec["arm"] == "base" else "/a", spec)
         direct_ft, direct_ev = _direct(raw, spec)
         assert ev == direct_ev, spec["trial_id"]
         assert {k: v for k, v in ev.model_dump(mode="json").items() if k != "adapter"} == want["eval"]
         if spec["arm"] == "base":
             continue
-        ft = real_finetune_config(study, spec, "p")
+        ft = finetune_config(ctx, spec, "p")
         assert ft == direct_ft, spec["trial_id"]
         got = {k: v for k, v in ft.model_dump(mode="json").items()
                if k not in ("lora_layers", "garfa_layers", "seed", "run_name")}
@@ -168,8 +168,10 @@ def test_a_study_dir_written_with_the_old_sections_resumes(tmp_path):
     d = _study_dir(tmp_path, legacy)
     previous = spine._check_same_study(d, study, str(d))  # no "differs in" refusal
     assert previous == legacy
+    key = spine._resolve_model(cfg, d, str(d), resumed=True)  # begun before fingerprints: keyed by the name
+    assert key.key == "tiny-gqa" and json.loads((d / "model.json").read_text())["hash_key"] == "name"
     sets = build_layer_sets(4, 2, [2, 3], cfg.control_seed_list)
-    specs = spine._trial_specs(cfg, study, sets)
+    specs = spine._trial_specs(cfg, key, sets)
     store = Storage(str(d))
     for s in specs:  # every trial finished under the old code, with the old hash
         plain = {k: v for k, v in s.items() if k != "config_hash"}
@@ -188,13 +190,14 @@ def test_changed_section_keys_are_refused_unless_free(tmp_path):
     study = cfg.resolved()
     d = _study_dir(tmp_path, study)
     sets = build_layer_sets(4, 2, [2, 3], cfg.control_seed_list)
-    base_hashes = [s["config_hash"] for s in spine._trial_specs(cfg, study, sets)]
+    model = spine._resolve_model(cfg, tmp_path, str(tmp_path), resumed=False)
+    base_hashes = [s["config_hash"] for s in spine._trial_specs(cfg, model, sets)]
     for key, value, free in (("training.max_grad_norm", 0.5, False), ("evaluation.n_bootstrap", 500, False),
                              ("training.log_every", 1, True), ("evaluation.evalplus_workers", 4, True)):
         section, name = key.split(".")
         new = cfg.model_copy(deep=True)
         setattr(getattr(new, section), name, value)
-        hashes = [s["config_hash"] for s in spine._trial_specs(new, new.resolved(), sets)]
+        hashes = [s["config_hash"] for s in spine._trial_specs(new, model, sets)]
         if free:
             spine._check_same_study(d, new.resolved(), str(d))
             assert hashes == base_hashes, key

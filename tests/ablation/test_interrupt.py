@@ -19,12 +19,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.ablation.conftest import mlflow_children, tiny_study_dict
-from tests.conftest import REPO, run_cli
+from tests.ablation.conftest import fake_env, mlflow_children, tiny_study_dict
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.ray
 
 TRIALS = ["base", "A-t0", "D-c123-t0"]
+
+
+# The ``coloc`` command on the fake stages (tests/ablation/fakes.py runs coloc_ray.cli.main with them).
+FAKE_COLOC = [sys.executable, "-m", "tests.ablation.fakes"]
 
 
 def _pids_mentioning(text: str) -> list[int]:
@@ -81,14 +85,13 @@ def _result_files(study: Path) -> dict[str, float]:
 
 def test_sigkill_driver_then_resume(tmp_path, ray_token_env, ray_tmp):
     d = tiny_study_dict(tmp_path, arms=["A", "D"], control_seeds=[123])
-    d["training"]["extra"]["fake_sleep"] = 4.0
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump(d))
     study = Path(d["output_dir"])
-    env = {**os.environ, "COLOC_STUDY_STAGES": "tests.ablation.fakes:stages", "RAY_TMPDIR": ray_tmp,
+    env = {**os.environ, **fake_env(tmp_path, sleep=4.0), "RAY_TMPDIR": ray_tmp,
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "coloc"), "run", str(spec)], cwd=REPO, env=env,
+    proc = subprocess.Popen([*FAKE_COLOC, "run", str(spec)], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
@@ -104,7 +107,8 @@ def test_sigkill_driver_then_resume(tmp_path, ray_token_env, ray_tmp):
     time.sleep(1)
     assert not _pids_mentioning(ray_tmp), "processes of the killed run survived"
 
-    r = run_cli("resume", str(study), cwd=REPO, env=env, timeout=600)
+    r = subprocess.run([*FAKE_COLOC, "resume", str(study)], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     after = _result_files(study)
     assert set(after) == set(TRIALS)

@@ -96,6 +96,18 @@ def _no_watcher_thread() -> bool:
     return not any(t.name == "coloc-ft-progress" for t in threading.enumerate())
 
 
+_SPEC = {"trial_id": "A-t0", "arm": "A", "control_seed": None, "train_seed": 0, "lora_layers": [0],
+         "garfa_layers": [1]}
+
+
+def _ctx(tmp_path, **kw):
+    from coloc_ray.ablation.study_config import StudyConfig
+    from coloc_ray.ablation.trial import TrialContext
+
+    return TrialContext(study=StudyConfig.model_validate({"name": "p", "model": "tiny-gqa"}), storage=str(tmp_path),
+                        **kw)
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_trial_relays_finetune_progress(tmp_path, fail):
     """The trial's watcher reports each step of the (blocking) fine-tune and stops when it returns or raises."""
@@ -118,11 +130,10 @@ def test_trial_relays_finetune_progress(tmp_path, fail):
             raise RuntimeError("injected")
         return {"steps": 8}
 
-    stages = dataclasses.replace(fakes.stages(), finetune_config=lambda study, spec, rid: {}, finetune=finetune,
-                                 finetune_progress=lambda cfg, out: live)
-    spec = {"trial_id": "A-t0", "arm": "A"}
+    stages = dataclasses.replace(fakes.stages(), finetune=finetune, finetune_progress=lambda cfg, out: live)
+    spec = _SPEC
     tracker = types.SimpleNamespace(enabled=False, run_id=None)
-    ctx = {"study": {}, "progress_interval_s": 0.01}
+    ctx = _ctx(tmp_path, progress_interval_s=0.01)
     if fail:
         with pytest.raises(RuntimeError, match="injected"):
             trial._finetune(spec, ctx, stages, tmp_path, tracker, report)
@@ -137,12 +148,12 @@ def test_trial_without_live_file_runs_plain(tmp_path):
     from coloc_ray.ablation import trial
     from tests.ablation import fakes
 
-    stages = dataclasses.replace(fakes.stages(), finetune_config=lambda study, spec, rid: {},
-                                 finetune=lambda cfg, out: {"steps": 1})
-    assert stages.finetune_progress is None  # fakes built positionally still work
+    seen = []
+    stages = dataclasses.replace(fakes.stages(), finetune=lambda cfg, out: seen.append(cfg) or {"steps": 1})
+    assert stages.finetune_progress is None  # a Stages without a progress file
     tracker = types.SimpleNamespace(enabled=False, run_id=None)
-    assert trial._finetune({"trial_id": "A-t0", "arm": "A"}, {"study": {}}, stages, tmp_path, tracker,
-                           lambda m: None) == {"steps": 1}
+    assert trial._finetune(_SPEC, _ctx(tmp_path), stages, tmp_path, tracker, lambda m: None) == {"steps": 1}
+    assert seen[0].lora_layers == [0] and seen[0].model == "tiny-gqa"  # the trial's validated FinetuneConfig
     assert _no_watcher_thread()
 
 

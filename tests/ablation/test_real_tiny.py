@@ -10,6 +10,7 @@ import pytest
 
 from coloc_ray.ablation.spine import run_study
 from coloc_ray.ablation.study_config import StudyConfig
+from coloc_ray.models.ref import RESOLUTIONS
 from tests.ablation.conftest import mlflow_children, tiny_study_dict
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -17,10 +18,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def test_real_stages_tiny_study(ray_local, tmp_path):
     d = tiny_study_dict(tmp_path, arms=["A"], control_seeds=[123])
-    d["training"]["extra"] = {}
     cfg = StudyConfig.model_validate(d)
+    before = RESOLUTIONS["tiny-gqa"]
     out = run_study(cfg, echo=False)
     study = Path(out["study_dir"])
+    # one resolution of the model on the driver, though its probes loaded it here: they got the reference
+    assert RESOLUTIONS["tiny-gqa"] - before == 1
+    fp = json.loads((study / "model.json").read_text())["fingerprint"]
     sens = json.loads((study / "probes" / "sensitivity.json").read_text())
     sets = json.loads((study / "layersets.json").read_text())
     # S is the top-k of the real sensitivity profile (independent re-ranking), R avoids it
@@ -31,6 +35,8 @@ def test_real_stages_tiny_study(ray_local, tmp_path):
     assert rec["finetune"]["steps"] == 2 and isinstance(rec["finetune"]["final_train_loss"], float)
     adapter = Path(rec["adapter_dir"])
     assert (adapter / "adapter_config.json").is_file() and (adapter / "garfa.json").is_file()
+    assert json.loads((adapter / "model_info.json").read_text())["fingerprint"] == fp  # the same weights trained
+    assert json.loads((study / "probes" / "sensitivity.json").read_text())["model_fingerprint"] == fp
     assert set(rec["eval"]) == {"arc_challenge", "mmlu"}
     assert (study / "base" / "eval" / "eval.json").is_file()
     assert (study / "report" / "report.md").is_file()

@@ -11,7 +11,8 @@ import pytest
 from coloc_ray.ablation.spine import run_study
 from coloc_ray.ablation.study_config import StudyConfig
 from coloc_ray.errors import UserError
-from tests.ablation.conftest import mlflow_children, tiny_study_dict
+from coloc_ray.models.ref import RESOLUTIONS, resolve_model_ref
+from tests.ablation.conftest import fake_knobs, mlflow_children, tiny_study_dict
 
 pytestmark = pytest.mark.ray
 
@@ -22,13 +23,14 @@ TRIALS = {"base", "A-t0", "B-c123-t0", "B-c124-t0", "D-c123-t0", "D-c124-t0"}
 @pytest.fixture(scope="module")
 def study(ray_local, fakes_by_value, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("spine")
-    d = tiny_study_dict(tmp, arms=ARMS)
-    d["training"]["extra"]["fake_fail_once"] = "B-c123-t0"  # first attempt raises, Tune retries it
-    cfg = StudyConfig.model_validate(d)
+    cfg = StudyConfig.model_validate(tiny_study_dict(tmp, arms=ARMS))
+    fakes_by_value.KNOBS.clear()
+    fakes_by_value.KNOBS.update(fake_knobs(tmp, fail_once="B-c123-t0"))  # first attempt raises, Tune retries it
     fakes_by_value.DRIVER_CALLS.clear()
+    before = RESOLUTIONS["tiny-gqa"]
     out = run_study(cfg, stages=fakes_by_value.stages(), echo=False)
     return {"cfg": cfg, "dir": Path(out["study_dir"]), "out": out, "tmp": tmp, "fakes": fakes_by_value,
-            "driver_calls": dict(fakes_by_value.DRIVER_CALLS)}
+            "driver_calls": dict(fakes_by_value.DRIVER_CALLS), "resolutions": RESOLUTIONS["tiny-gqa"] - before}
 
 
 def _calls(study):
@@ -54,6 +56,30 @@ def test_every_trial_recorded_with_contract_fields(study):
     assert (d / "report" / "report.md").is_file()
     prog = json.loads((d / "progress.json").read_text())
     assert {r["trial_id"]: r["state"] for r in prog["trials"]} == {t: "DONE" for t in TRIALS}
+
+
+def test_the_model_is_resolved_once_and_other_weights_are_refused(study):
+    """The driver resolves the model once (fingerprint, shape) into model.json; every trial's hash uses that
+    fingerprint; a study whose weights changed under the same name is refused before anything runs."""
+    d = study["dir"]
+    assert study["resolutions"] == 1
+    m = json.loads((d / "model.json").read_text())
+    ref = resolve_model_ref("tiny-gqa")
+    assert (m["fingerprint"], m["hash_key"], m["shape"]["num_layers"]) == (ref.fingerprint, "fingerprint", 4)
+    plan = json.loads((d / "plan.json").read_text())["trials"]
+    from coloc_ray.ablation import spine
+
+    sections = {k: {n: v for n, v in study["cfg"].resolved()[k].items() if not spine._free(f"{k}.{n}")}
+                for k in ("training", "evaluation")}
+    assert all(t["config_hash"] == spine._spec_hash(t, ref.fingerprint, sections) for t in plan)
+    (d / "model.json").write_text(json.dumps({**m, "fingerprint": "0" * 64}))  # the checkpoint changed
+    try:
+        study["fakes"].DRIVER_CALLS.clear()
+        with pytest.raises(UserError, match="now has weights"):
+            run_study(study["cfg"], stages=study["fakes"].stages(), echo=False)
+        assert dict(study["fakes"].DRIVER_CALLS) == {}
+    finally:
+        (d / "model.json").write_text(json.dumps(m))
 
 
 def test_two_trials_at_a_time_and_a_failed_trial_retried(study):
@@ -138,7 +164,10 @@ def test_a_crash_inside_tune_becomes_an_incomplete_study(ray_local, fakes_by_val
     spec = {"trial_id": "A-t0", "arm": "A", "control_seed": None, "train_seed": 0, "lora_layers": [2, 3],
             "garfa_layers": [2, 3]}
     board = ProgressBoard(tmp_path, [spec], 2, echo=False)
-    status = run_trials([spec], {"study": cfg.resolved()}, fakes_by_value.stages(), board=board,
+    from coloc_ray.ablation.trial import TrialContext
+
+    ctx = TrialContext(study=cfg, storage=str(tmp_path / "study"))
+    status = run_trials([spec], ctx, fakes_by_value.stages(), board=board,
                         storage_path=tmp_path / "tune", name="crash", max_concurrent=1, max_failures=0)
     assert status == {"A-t0": "ERROR: Tune stopped (RuntimeError)"}
     with pytest.raises(StudyIncomplete, match="coloc resume"):
@@ -149,7 +178,7 @@ def test_truncated_result_is_rerun_and_a_report_without_it_says_incomplete(study
     """A truncated trials/<id>/result.json is not 'done': `coloc report` marks the report INCOMPLETE at its top
     and exits 1; `coloc resume` runs that trial (only that one) again and the report is rebuilt whole.
     (Last in this file: it changes the shared study.)"""
-    from coloc_ray.ablation.report import build_report
+    from coloc_ray.report.build import build_report
     from tests.conftest import run_cli
 
     d = study["dir"]

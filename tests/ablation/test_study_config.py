@@ -171,14 +171,15 @@ def test_gguf_depth_is_read_and_layer_sets_build_without_probes(tmp_path):
     build_layer_sets raise a TypeError), and a layer set outside it is caught by validation."""
     from coloc_ray.ablation import spine
     from coloc_ray.ablation.study_config import model_num_layers
-    from coloc_ray.ablation.trial import real_stages
+    from coloc_ray.models import resolve_model_ref
 
     g = str(_smollm2_gguf())
     assert model_num_layers(g) == 30
     d = _base(model=g, probes={"skip": True}, layer_sets={"k": 3, "sensitive_layers": [27, 28, 29]})
     cfg = StudyConfig.model_validate(d)
     assert validate_study(cfg, stage_configs=False) == []
-    sets = spine._layer_sets(cfg, tmp_path, real_stages(), None, None, "skipped")
+    ref = resolve_model_ref(g)  # the driver's one resolution: L from the GGUF metadata
+    sets = spine._layer_sets(cfg, spine.ModelKey(ref, ref.fingerprint), tmp_path, None, None, "skipped")
     assert sets["S"] == [27, 28, 29] and all(max(r) < 30 and not set(r) & {27, 28, 29} for r in sets["R"].values())
     d["layer_sets"]["sensitive_layers"] = [27, 28, 30]
     assert any("30" in e for e in validate_study(StudyConfig.model_validate(d), stage_configs=False))

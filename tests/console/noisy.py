@@ -14,7 +14,7 @@ import sys
 import tempfile
 import warnings
 
-from coloc_ray.ablation.trial import Stages
+from coloc_ray.ablation.stages import Stages
 from tests.ablation import fakes
 
 ACTIONABLE = "noisy-fake: the cache dir is nearly full, free some space"
@@ -39,12 +39,12 @@ def make_noise(what: str) -> None:
     warnings.warn(ACTIONABLE, UserWarning, stacklevel=1)
 
 
-def finetune(cfg: dict, out):
+def finetune(cfg, out):
     make_noise("finetune")
     return fakes.finetune(cfg, out)
 
 
-def evaluate(cfg: dict, out, tracker):
+def evaluate(cfg, out, tracker):
     make_noise("evaluate")
     return fakes.evaluate(cfg, out, tracker)
 
@@ -56,3 +56,9 @@ def stages() -> Stages:
 
     cloudpickle.register_pickle_by_value(fakes)
     return dataclasses.replace(fakes.stages(), finetune=finetune, evaluate=evaluate)
+
+
+if __name__ == "__main__":  # ``python -m tests.console.noisy <coloc args>``: coloc on these stages
+    from coloc_ray.cli import main
+
+    sys.exit(main(sys.argv[1:], stages=stages()))

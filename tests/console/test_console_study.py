@@ -17,15 +17,13 @@ from tests.console.test_console import BAR
 def _run_cli(tmp: Path, verbose: bool) -> tuple[str, Path, Path]:
     import yaml
 
-    from tests.ablation.conftest import tiny_study_dict
+    from tests.ablation.conftest import fake_env, tiny_study_dict
 
     d = tiny_study_dict(tmp, arms=["A"], control_seeds=[123])
-    d["training"]["extra"]["fake_sleep"] = 0.5
     path = tmp / "study.yaml"
     path.write_text(yaml.safe_dump(d))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLOC_STUDY_STAGES": "tests.console.noisy:stages",
-           "COLOC_SCRATCH": str(tmp / "scratch")}
-    argv = [sys.executable, "-c", "from coloc_ray.cli import entry; entry()", "run", str(path)]
+    env = {**os.environ, **fake_env(tmp, sleep=0.5), "PYTHONPATH": str(REPO), "COLOC_SCRATCH": str(tmp / "scratch")}
+    argv = [sys.executable, "-m", "tests.console.noisy", "run", str(path)]  # coloc on the noisy fake stages
     argv += ["-v"] if verbose else []
     p = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, timeout=540, env=env)
     out = p.stdout + p.stderr
