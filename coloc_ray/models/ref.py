@@ -177,7 +177,7 @@ def _path_fingerprint(p: Path) -> str:
 def spec_fingerprint(spec: str) -> str | None:
     """The fingerprint of ``spec`` on this node without counting a resolution (cached hashes; a hub id only
     from its local HF cache, else None). What a stage checks a config's ``model_fingerprint`` against."""
-    from coloc_ray.models.loading import resolve_model_dir
+    from coloc_ray.models.resolve import resolve_model_dir
 
     path, extra = resolve_model_dir(spec)
     if "gguf_file" in extra:
@@ -269,7 +269,7 @@ def resolve_model_ref(spec: str, *, local_only: bool = False) -> ModelRef:
     Raises:
         UserError: an unknown spec, a directory without weights, a hub id neither cached nor describable.
     """
-    from coloc_ray.models.loading import ALIASES, resolve_model_dir
+    from coloc_ray.models.resolve import ALIASES, resolve_model_dir
     from coloc_ray.models.shape import model_shape
 
     RESOLUTIONS[spec] += 1

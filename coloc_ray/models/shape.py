@@ -86,7 +86,7 @@ def model_shape(spec: str, *, local_only: bool = False) -> ModelShape:
     Raises:
         UserError: the config cannot be read (ConfigNotCached for an uncached hub id).
     """
-    from coloc_ray.models.loading import _first_line, resolve_model_dir
+    from coloc_ray.models.resolve import first_line, resolve_model_dir
 
     path, extra = resolve_model_dir(spec)
     if "gguf_file" in extra:
@@ -98,12 +98,12 @@ def model_shape(spec: str, *, local_only: bool = False) -> ModelShape:
         cfg = AutoConfig.from_pretrained(path, local_files_only=local_only or local)
     except OSError as e:
         if local:
-            raise UserError(f"--model {spec!r}: cannot read its config ({_first_line(e)}); fix or re-download "
+            raise UserError(f"--model {spec!r}: cannot read its config ({first_line(e)}); fix or re-download "
                             "config.json") from None
         raise ConfigNotCached(f"--model {spec!r}: its config is not in the local HF cache and the hub is not "
-                              f"reachable ({_first_line(e)}); download it first (hf download {spec} "
+                              f"reachable ({first_line(e)}); download it first (hf download {spec} "
                               "config.json)") from None
     except ValueError as e:  # not JSON / not an object / an unknown model_type
-        raise UserError(f"--model {spec!r}: cannot read its config ({_first_line(e)}); fix or re-download "
+        raise UserError(f"--model {spec!r}: cannot read its config ({first_line(e)}); fix or re-download "
                         "config.json") from None
     return shape_from_config(cfg)
