@@ -146,3 +146,10 @@ def shared_data_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def scratch_root() -> Path:
+    """Node-local scratch for a trial's temporary files (``$COLOC_SCRATCH``, else the system temp dir)."""
+    root = Path(os.environ.get("COLOC_SCRATCH") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    return root

@@ -41,7 +41,7 @@ def _runner_cls():
                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
         def run(self, stages, cfg, adapter_uri, tracking: dict) -> tuple[dict, dict[str, bytes]]:
-            from coloc_ray.ablation.trial import scratch_root
+            from coloc_ray.io import scratch_root
             from coloc_ray.storage import Storage
             from coloc_ray.tracking import Tracker
 

@@ -4,7 +4,7 @@
 ``EvalSettings`` from :class:`~coloc_ray.evaluation.config.EvalConfig`'s (same types, bounds, defaults and
 descriptions; ``extra="forbid"``), so a key added to a stage config is a study key at once and there is one set of
 defaults. Left out are the keys the study fills in for each trial (:data:`TRIAL_KEYS`; see
-:func:`coloc_ray.ablation.trial.finetune_config_dict` and ``eval_config_dict``). The only default a study sets
+:func:`finetune_config_dict` and :func:`eval_config_dict` below). The only default a study sets
 differently is in :data:`STUDY_DEFAULTS`, with its reason.
 
 The stage configs' class validators (benchmark names, ``backend: auto``) are not copied: they read the registry
@@ -118,3 +118,33 @@ EvalSettings = section_model(
     "METHOD 8: EvalConfig's keys, for the base model and every trial's adapter; the study fills in the model, "
     "adapter and tracking.")
 SECTIONS: dict[str, type[BaseModel]] = {"training": TrainingSettings, "evaluation": EvalSettings}
+
+
+# -- a trial's stage configs: its section plus what the study sets per trial (TRIAL_KEYS) -----------------------
+def finetune_config_dict(study: dict, spec: dict, parent_run_id: str | None,
+                         model_fingerprint: str | None = None) -> dict:
+    """The study's training section (FinetuneConfig's keys already) + this trial's ``sections.TRIAL_KEYS``: the
+    model (and the fingerprint of the weights the driver resolved), layer sets, seed, workers and tracking.
+    ``extra`` keys go last, unchanged: FinetuneConfig refuses any that is not its own."""
+    t, r = dict(study["training"]), study["resources"]
+    extra = t.pop("extra", {})
+    d = {**t, "model": study["model"], "model_fingerprint": model_fingerprint, "lora_layers": spec["lora_layers"],
+         "garfa_layers": spec["garfa_layers"], "seed": spec["train_seed"], "num_workers": r["workers_per_trial"],
+         "cpus_per_worker": r["cpus_per_worker"], "use_gpu": r["gpus_per_worker"] > 0,
+         "tracking_uri": study.get("tracking_uri"), "experiment": study.get("experiment") or f"coloc-{study['name']}",
+         "run_name": f"{spec['trial_id']}/finetune", "parent_run_id": parent_run_id,
+         "tracking": parent_run_id is not None, **extra}
+    if r["gpus_per_worker"] > 0:
+        d["gpus_per_worker"] = r["gpus_per_worker"]
+    return d
+
+
+def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict, model_fingerprint: str | None = None) -> dict:
+    """The trial's EvalConfig fields. The seed is the study's evaluation seed (``evaluation.seed``), the
+    same for every arm and the base model, never the trial's training seed: replicates of an arm must
+    differ by their training only, not by their few-shot contexts, option orders or ``limit`` items."""
+    e = dict(study["evaluation"])  # EvalConfig's keys already, less sections.TRIAL_KEYS
+    extra = e.pop("extra", {})
+    experiment = study.get("experiment") or f"coloc-{study['name']}"
+    return {**e, "model": study["model"], "model_fingerprint": model_fingerprint, "adapter": adapter_dir,
+            "tracking_uri": study.get("tracking_uri"), "experiment": experiment, **extra}

@@ -82,8 +82,8 @@ def _mirror(store) -> Path:
     """The driver's local working copy of the study: the storage itself when local, else node scratch."""
     if store.is_local:
         return store.local_path()
-    from coloc_ray.ablation.trial import scratch_root
     from coloc_ray.io import config_hash as h
+    from coloc_ray.io import scratch_root
 
     d = scratch_root() / "coloc-studies" / h(store.root)
     d.mkdir(parents=True, exist_ok=True)

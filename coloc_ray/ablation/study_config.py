@@ -301,7 +301,7 @@ def validate_study(cfg: StudyConfig, cluster_resources: dict | None = None,
 
 def _stage_config_errors(cfg: StudyConfig) -> list[str]:
     """The training / evaluation blocks as the real FinetuneConfig / EvalConfig see them (``extra`` keys too)."""
-    from coloc_ray.ablation.trial import eval_config_dict, finetune_config_dict
+    from coloc_ray.ablation.sections import eval_config_dict, finetune_config_dict
 
     spec = {"trial_id": "check", "arm": "A", "control_seed": None, "train_seed": 0, "lora_layers": [0],
             "garfa_layers": [0]}

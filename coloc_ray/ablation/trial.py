@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from coloc_ray.ablation import layout
+from coloc_ray.ablation.sections import eval_config_dict, finetune_config_dict
 from coloc_ray.ablation.study_config import StudyConfig
-from coloc_ray.io import write_json
+from coloc_ray.io import scratch_root, write_json
 
 if TYPE_CHECKING:
     from coloc_ray.ablation.stages import Stages
@@ -58,35 +59,6 @@ class TrialContext:
         return self.model.fingerprint if self.model is not None else None
 
 
-def finetune_config_dict(study: dict, spec: dict, parent_run_id: str | None,
-                         model_fingerprint: str | None = None) -> dict:
-    """The study's training section (FinetuneConfig's keys already) + this trial's ``sections.TRIAL_KEYS``: the
-    model (and the fingerprint of the weights the driver resolved), layer sets, seed, workers and tracking.
-    ``extra`` keys go last, unchanged: FinetuneConfig refuses any that is not its own."""
-    t, r = dict(study["training"]), study["resources"]
-    extra = t.pop("extra", {})
-    d = {**t, "model": study["model"], "model_fingerprint": model_fingerprint, "lora_layers": spec["lora_layers"],
-         "garfa_layers": spec["garfa_layers"], "seed": spec["train_seed"], "num_workers": r["workers_per_trial"],
-         "cpus_per_worker": r["cpus_per_worker"], "use_gpu": r["gpus_per_worker"] > 0,
-         "tracking_uri": study.get("tracking_uri"), "experiment": study.get("experiment") or f"coloc-{study['name']}",
-         "run_name": f"{spec['trial_id']}/finetune", "parent_run_id": parent_run_id,
-         "tracking": parent_run_id is not None, **extra}
-    if r["gpus_per_worker"] > 0:
-        d["gpus_per_worker"] = r["gpus_per_worker"]
-    return d
-
-
-def eval_config_dict(study: dict, adapter_dir: str | None, spec: dict, model_fingerprint: str | None = None) -> dict:
-    """The trial's EvalConfig fields. The seed is the study's evaluation seed (``evaluation.seed``), the
-    same for every arm and the base model, never the trial's training seed: replicates of an arm must
-    differ by their training only, not by their few-shot contexts, option orders or ``limit`` items."""
-    e = dict(study["evaluation"])  # EvalConfig's keys already, less sections.TRIAL_KEYS
-    extra = e.pop("extra", {})
-    experiment = study.get("experiment") or f"coloc-{study['name']}"
-    return {**e, "model": study["model"], "model_fingerprint": model_fingerprint, "adapter": adapter_dir,
-            "tracking_uri": study.get("tracking_uri"), "experiment": experiment, **extra}
-
-
 def finetune_config(ctx: TrialContext, spec: dict, parent_run_id: str | None) -> FinetuneConfig:
     """The trial's validated FinetuneConfig."""
     from coloc_ray.finetune.config import parse_config
@@ -122,13 +94,6 @@ def read_result(store, rel: str) -> dict | None:
         log.warning("%s is not a trial record: the trial counts as unfinished", store.uri(path))
         return None
     return rec
-
-
-def scratch_root() -> Path:
-    """Node-local scratch for a trial's temporary files (``$COLOC_SCRATCH``, else the system temp dir)."""
-    root = Path(os.environ.get("COLOC_SCRATCH") or tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _tracker(ctx: TrialContext, spec: dict, store, rel: str):

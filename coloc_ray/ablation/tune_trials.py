@@ -31,7 +31,7 @@ def _trial_fn(config: dict, ctx: TrialContext, stages: Stages) -> None:
     # fails after this long and counts against the fine-tune's bounded retries, instead of waiting for ever.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(ctx.start_timeout_s))
     from coloc_ray.ablation.console import trial_log_path, trial_output
-    from coloc_ray.ablation.trial import scratch_root
+    from coloc_ray.io import scratch_root
 
     spec = config["trial"]
     # The trial process's own output (lm-eval / datasets progress bars, library warnings) goes to its log file on

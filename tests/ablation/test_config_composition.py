@@ -17,8 +17,9 @@ import yaml
 import coloc_ray.evaluation.config as eval_config_module
 from coloc_ray.ablation import sections, spine
 from coloc_ray.ablation.layersets import build_layer_sets, plan_trials
+from coloc_ray.ablation.sections import eval_config_dict, finetune_config_dict
 from coloc_ray.ablation.study_config import StudyConfig, load_study
-from coloc_ray.ablation.trial import TrialContext, eval_config, eval_config_dict, finetune_config, finetune_config_dict
+from coloc_ray.ablation.trial import TrialContext, eval_config, finetune_config
 from coloc_ray.evaluation.config import EvalConfig
 from coloc_ray.finetune.config import FinetuneConfig
 from coloc_ray.io import config_hash

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from coloc_ray.ablation.sections import eval_config_dict, finetune_config_dict
 from coloc_ray.ablation.spine import resolve_paths
 from coloc_ray.ablation.study_config import StudyConfig
-from coloc_ray.ablation.trial import eval_config_dict, finetune_config_dict
 
 
 def test_relative_sqlite_and_pairs_become_absolute(tmp_path, monkeypatch):

@@ -152,8 +152,8 @@ def test_job_studies_load_and_fit_the_kuberay_cluster(path):
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_job_studies_make_valid_finetune_configs(path):
+    from coloc_ray.ablation.sections import finetune_config_dict
     from coloc_ray.ablation.study_config import load_study
-    from coloc_ray.ablation.trial import finetune_config_dict
     from coloc_ray.finetune.config import FinetuneConfig
 
     cfg = load_study(path)
