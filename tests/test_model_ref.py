@@ -297,6 +297,28 @@ def test_adapter_refuses_another_checkpoint_of_the_same_shape(cache, tiny_dirs, 
         check_compatible(b.model, out, b.fingerprint)
 
 
+def test_eval_refuses_an_adapter_of_other_weights_before_any_engine_starts(cache, tiny_dirs, tmp_path, monkeypatch):
+    """The vLLM path loads no HF model to hold the adapter against: run_eval checks the adapter's recorded weights
+    against the model's before anything loads (an engine start here is a test failure)."""
+    from coloc_ray.evaluation import api
+    from coloc_ray.evaluation.config import EvalConfig
+    from coloc_ray.finetune.adapter import save_adapter
+    from coloc_ray.models import load_model
+
+    a = load_model(str(tiny_dirs[0]), device="cpu")
+    out = save_adapter(a.model, None, a.info, tmp_path / "adapter")
+
+    def no_engine(*args, **kw):
+        raise AssertionError("the engine started before the adapter was checked")
+
+    monkeypatch.setattr(api, "_start_engine", no_engine)
+    cfg = EvalConfig(model=str(tiny_dirs[1]), adapter=str(out), backend="vllm", benchmarks=["mmlu"], limit=2,
+                     tracking=False)
+    with pytest.raises(UserError, match=r"same shape, another checkpoint"):
+        api.run_eval(cfg, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+
+
 def test_stages_refuse_weights_other_than_the_studys(cache, tiny_dirs, tmp_path):
     from coloc_ray.evaluation.api import run_eval
     from coloc_ray.evaluation.config import EvalConfig

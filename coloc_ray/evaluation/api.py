@@ -136,10 +136,15 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
     from coloc_ray.io import versions
 
     benches = get_benchmarks(cfg.benchmarks)
-    if cfg.model_fingerprint:  # before any work: these weights, on this node, are the ones the study resolved
-        from coloc_ray.models.ref import check_fingerprint, spec_fingerprint
+    from coloc_ray.models.ref import check_fingerprint, spec_fingerprint
 
-        check_fingerprint(cfg.model, spec_fingerprint(cfg.model), cfg.model_fingerprint)
+    here = spec_fingerprint(cfg.model)  # cached per file: cheap after the first time
+    if cfg.model_fingerprint:  # before any work: these weights, on this node, are the ones the study resolved
+        check_fingerprint(cfg.model, here, cfg.model_fingerprint)
+    if cfg.adapter:  # on every backend, before any model or engine loads: the adapter was trained on these weights
+        from coloc_ray.finetune.adapter import check_adapter_weights
+
+        check_adapter_weights(cfg.adapter, here, cfg.model)
     inputs = _inputs(cfg, benches)
     t0, cpu0 = time.time(), _cpu_s()
     precision = resolve_precision(cfg.quant, cfg.adapter, cfg.backend)

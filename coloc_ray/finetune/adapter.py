@@ -97,6 +97,19 @@ def _check_fingerprint(p: Path, saved: dict, fingerprint: str | None, name: str)
             "the model it was trained on")
 
 
+def check_adapter_weights(path: str | Path, fingerprint: str | None, name: str) -> None:
+    """Before any model or engine loads: refuse (UserError) an adapter whose ``model_info.json`` records base weights
+    other than ``fingerprint`` (the model's, :func:`coloc_ray.models.ref.spec_fingerprint`). Either unknown: no
+    check here (:func:`check_compatible` still checks the shape, and warns about an adapter without one). The vLLM
+    engine loads no HF model to hold the adapter against, so this is the check it gets."""
+    p = Path(path) / MODEL_INFO
+    if fingerprint is None or not p.is_file():
+        return
+    saved = _read_json_file(p, "re-run `coloc finetune` or restore the file")
+    if isinstance(saved, dict) and saved.get("fingerprint"):
+        _check_fingerprint(Path(path), saved, fingerprint, name)
+
+
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 GARFA_FILES = ("garfa.json", "garfa.safetensors")
 
