@@ -144,13 +144,8 @@ def sample_to_item(s: dict, bench: Benchmark, task: str = "") -> dict:
         item["target"] = s["target"]
         item["generation"] = s["resps"][0][0] if s.get("resps") else None
     item["correct"] = bool(s[bench.lm_metric])
-    if bench.name == "math":
-        # Boxed EM, the offline task's metric, in hub mode too: there lm-eval's own "exact_match" is its sympy
-        # check of the "final answer is" line (math_equiv adds lm-eval's checks as separate columns).
-        from coloc_ray.evaluation.tasks.utils import math_answer, math_process_results
-
-        item["prediction"] = math_answer(_text(s))  # what exact match compared: the normalised final answer
-        item["correct"] = bool(math_process_results(doc, [_text(s)])["exact_match"])
+    if bench.rescore is not None:  # the benchmark's own scoring of a sample (registry.Benchmark.rescore)
+        bench.rescore(item, doc, _text(s))
     for extra in ("acc_norm",):
         if extra in s:
             item[extra] = bool(s[extra])
@@ -170,15 +165,12 @@ def samples_to_items(samples: dict[str, list[dict]], bench: Benchmark) -> list[d
             item = sample_to_item(s, bench, task)
             item.setdefault("task", task)
             items.append(item)
-            if bench.name == "math":
-                cases.append({"answer": s["doc"]["answer"], "solution": s["doc"].get("solution"),
-                              "generation": _text(s), "prediction": item["prediction"]})
+            if bench.item_extras is not None:
+                cases.append({"doc": s["doc"], "generation": _text(s), "prediction": item["prediction"]})
     if not items:
         raise RuntimeError(f"lm-eval returned no samples for {bench.name} with filter {bench.lm_filter!r}")
-    if cases:  # MATH: lm-eval's equivalence checks beside boxed EM (one batch: may need a child process)
-        from coloc_ray.evaluation import math_equiv
-
-        for item, extra in zip(items, math_equiv.score(cases)):
+    if cases:  # further per-item columns, one batch (MATH: lm-eval's equivalence checks; may use a child process)
+        for item, extra in zip(items, bench.item_extras(cases)):
             item.update(extra)
     return items
 

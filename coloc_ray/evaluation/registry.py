@@ -38,6 +38,10 @@ class Benchmark:
         load: ``() -> (items, few-shot source)`` from the offline data (None: no offline copy).
         render: ``(include_dir, name, items, shots, max_gen_toks) -> [lm-eval task names]``: writes the offline
             task YAMLs (an ``lmeval`` benchmark; the shared shapes are in ``offline.py``).
+        rescore: ``(item, doc, generated text) -> None``: re-scores one item from its lm-eval sample in place
+            (MATH: boxed exact match, also where lm-eval's hub task scores another way); None: lm-eval's score.
+        item_extras: ``([{"doc", "generation", "prediction"}]) -> [{column: value}]``: further per-item columns,
+            scored in one batch (MATH: lm-eval's equivalence checks); None: no further columns.
     """
 
     name: str
@@ -54,6 +58,8 @@ class Benchmark:
     label: str = ""
     load: Callable[[], tuple[list[dict], object]] | None = None
     render: Callable[..., list[str]] | None = None
+    rescore: Callable[[dict, dict, str], None] | None = None
+    item_extras: Callable[[list[dict]], list[dict]] | None = None
 
     def __post_init__(self):
         if not self.label:
