@@ -314,12 +314,19 @@ class ModelKey:
         return self.model.shape.num_layers
 
 
-def _resolve_model(cfg: StudyConfig, mirror: Path, where: str, resumed: bool) -> ModelKey:
-    """Resolve ``cfg.model`` once (weights fingerprint, shape) and hold it against the study's ``model.json``:
-    a study whose checkpoint changed under the same name is refused, never continued on other weights."""
+def resolve_model(cfg: StudyConfig) -> ModelRef:
+    """The study's one resolution of its model (weights fingerprint, shape), on the driver; UserError for a model
+    that cannot be used (unknown, unreadable config, unsupported family, no weights)."""
     from coloc_ray.models import resolve_model_ref
+    from coloc_ray.models.loading import check_model_spec
 
-    ref = resolve_model_ref(cfg.model)
+    check_model_spec(cfg.model)  # a corrupt config.json or an unsupported family, now, not on a worker
+    return resolve_model_ref(cfg.model)
+
+
+def _model_key(cfg: StudyConfig, ref: ModelRef, mirror: Path, where: str, resumed: bool) -> ModelKey:
+    """Hold the resolved model against the study's ``model.json``: a study whose checkpoint changed under the same
+    name is refused, never continued on other weights. Writes ``model.json``."""
     path = mirror / layout.MODEL
     if path.is_file():
         old = read_json(path)
@@ -340,10 +347,10 @@ def _resolve_model(cfg: StudyConfig, mirror: Path, where: str, resumed: bool) ->
     return ModelKey(ref, ref.fingerprint if hash_key == "fingerprint" else cfg.model)
 
 
-def _check_resources(cfg: StudyConfig) -> None:
+def _check_resources(cfg: StudyConfig, num_layers: int) -> None:
     import ray
 
-    errs = validate_study(cfg, cluster_resources=ray.cluster_resources(), stage_configs=False)
+    errs = validate_study(cfg, cluster_resources=ray.cluster_resources(), num_layers=num_layers, stage_configs=False)
     if errs:
         raise UserError("\n".join(errs))
 
@@ -375,7 +382,8 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     root = root.rstrip("/") if is_uri(root) else str(Path(root).expanduser().resolve())
     _refuse_job_tempdir(root)
     cfg = resolve_paths(cfg)
-    errs = validate_study(cfg)
+    model = resolve_model(cfg)
+    errs = validate_study(cfg, num_layers=model.shape.num_layers)
     if errs:
         raise UserError("\n".join(errs))
     store = Storage(root)
@@ -383,12 +391,12 @@ def run_study(cfg: StudyConfig, study_dir: str | Path | None = None, *, address:
     started_ray = not ray.is_initialized()
     ensure_ray(address)
     try:
-        _check_resources(cfg)
+        _check_resources(cfg, model.shape.num_layers)
         data_dir = check_cluster(cfg, store)  # every node: storage, data, tracking; nothing written before
         mirror = _mirror(store)
         _pull(store, mirror)
         previous = _check_same_study(mirror, study, store.root)
-        ref = _resolve_model(cfg, mirror, store.root, resumed=previous is not None)
+        ref = _model_key(cfg, model, mirror, store.root, resumed=previous is not None)
         write_json(mirror / layout.STUDY, study)
         _push(store, mirror, layout.STUDY)
         _push(store, mirror, layout.MODEL)

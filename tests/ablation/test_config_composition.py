@@ -169,7 +169,7 @@ def test_a_study_dir_written_with_the_old_sections_resumes(tmp_path):
     d = _study_dir(tmp_path, legacy)
     previous = spine._check_same_study(d, study, str(d))  # no "differs in" refusal
     assert previous == legacy
-    key = spine._resolve_model(cfg, d, str(d), resumed=True)  # begun before fingerprints: keyed by the name
+    key = spine._model_key(cfg, spine.resolve_model(cfg), d, str(d), resumed=True)  # begun before fingerprints: keyed by the name
     assert key.key == "tiny-gqa" and json.loads((d / "model.json").read_text())["hash_key"] == "name"
     sets = build_layer_sets(4, 2, [2, 3], cfg.control_seed_list)
     specs = spine._trial_specs(cfg, key, sets)
@@ -191,7 +191,7 @@ def test_changed_section_keys_are_refused_unless_free(tmp_path):
     study = cfg.resolved()
     d = _study_dir(tmp_path, study)
     sets = build_layer_sets(4, 2, [2, 3], cfg.control_seed_list)
-    model = spine._resolve_model(cfg, tmp_path, str(tmp_path), resumed=False)
+    model = spine._model_key(cfg, spine.resolve_model(cfg), tmp_path, str(tmp_path), resumed=False)
     base_hashes = [s["config_hash"] for s in spine._trial_specs(cfg, model, sets)]
     for key, value, free in (("training.max_grad_norm", 0.5, False), ("evaluation.n_bootstrap", 500, False),
                              ("training.log_every", 1, True), ("evaluation.evalplus_workers", 4, True)):
