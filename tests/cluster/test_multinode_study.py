@@ -195,7 +195,7 @@ def test_study_in_a_bucket_survives_a_lost_node(cluster, s3_server, mlflow_serve
         # Everything is in the bucket: the driver's stages, every trial (result.json last), the report.
         keys = set(s3_server.keys(prefix + "/"))
         trials = ["base", "trials/A-t0", "trials/D-c123-t0"]
-        for k in ["study.json", "layersets.json", "probes/sensitivity.json", "analysis/analysis.json",
+        for k in ["study.json", "model.json", "layersets.json", "probes/sensitivity.json", "analysis/analysis.json",
                   "report/report.md", "report/results.json"] + [f"{t}/result.json" for t in trials]:
             assert f"{prefix}/{k}" in keys, k
         assert any(k.startswith(f"{prefix}/train/") for k in keys), "Ray Train checkpoints not in storage"
