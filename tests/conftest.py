@@ -79,9 +79,10 @@ def ray_local(_ray_session):
     yield ray
 
 
-def run_mlflow_server(d: Path, artifacts: list[str], start_timeout_s: float = 90):
+def run_mlflow_server(d: Path, artifacts: list[str], start_timeout_s: float = 240):
     """Generator: a real ``mlflow server`` on 127.0.0.1 with its SQLite store in ``d``; yields its URI, then stops
-    it by process group. ``artifacts``: the server's artifact flags (a local root, or proxied artifacts)."""
+    it by process group. ``artifacts``: the server's artifact flags (a local root, or proxied artifacts). The start
+    wait is long: on a loaded 2-core box (a CI run beside a demo) the server once took over 90 s to answer."""
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
