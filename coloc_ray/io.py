@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from coloc_ray.storage import json_default
+
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path | str:
     """Write ``obj`` as pretty JSON atomically (temp file + rename; one PUT for an object-store URI)."""
@@ -24,7 +26,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path | str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
             f.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
         os.replace(tmp, path)
@@ -48,18 +50,6 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def _is_uri(path) -> bool:
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "model_dump"):
-        return o.model_dump(mode="json")
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, (set, frozenset)):
-        return sorted(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 @contextlib.contextmanager
@@ -111,7 +101,7 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 def config_hash(obj: Any) -> str:
     """Stable short hash of a JSON-able config (used to skip stages whose output is current)."""
-    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    blob = json.dumps(obj, sort_keys=True, default=json_default).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

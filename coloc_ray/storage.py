@@ -41,6 +41,19 @@ def _resolve(root: str):
     return fs, base.rstrip("/")
 
 
+def json_default(o: Any) -> Any:
+    """How the project writes what JSON lacks: pydantic models, arrays, sets (sorted), paths (``io.write_json`` too)."""
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
 class Storage:
     """One storage root (``root``) and paths relative to it.
 
@@ -128,9 +141,7 @@ class Storage:
         return self.write_bytes(rel, text.encode())
 
     def write_json(self, rel: str, obj: Any) -> str:
-        from coloc_ray.io import _json_default
-
-        return self.write_bytes(rel, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+        return self.write_bytes(rel, (json.dumps(obj, indent=2, default=json_default) + "\n").encode())
 
     def upload(self, local_dir: str | os.PathLike, rel: str, last: Iterable[str] = (),
                skip: Iterable[str] = ()) -> None:
