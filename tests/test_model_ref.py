@@ -314,7 +314,8 @@ def test_eval_refuses_an_adapter_of_other_weights_before_any_engine_starts(cache
     monkeypatch.setattr(api, "_start_engine", no_engine)
     cfg = EvalConfig(model=str(tiny_dirs[1]), adapter=str(out), backend="vllm", benchmarks=["mmlu"], limit=2,
                      tracking=False)
-    with pytest.raises(UserError, match=r"same shape, another checkpoint"):
+    with pytest.raises(UserError, match=rf"trained on .*weights {a.fingerprint[:12]}\), but the model given .* has "
+                                        rf"other weights \({weights_fingerprint(tiny_dirs[1])[:12]}\)"):
         api.run_eval(cfg, tmp_path / "eval")
     assert not (tmp_path / "eval").exists()
 

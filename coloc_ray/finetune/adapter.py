@@ -106,8 +106,12 @@ def check_adapter_weights(path: str | Path, fingerprint: str | None, name: str) 
     if fingerprint is None or not p.is_file():
         return
     saved = _read_json_file(p, "re-run `coloc finetune` or restore the file")
-    if isinstance(saved, dict) and saved.get("fingerprint"):
-        _check_fingerprint(Path(path), saved, fingerprint, name)
+    theirs = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if theirs and theirs != fingerprint:  # no shape is known here: name what the adapter was trained on
+        raise UserError(
+            f"adapter {str(path)!r} was trained on {saved.get('name')!r} (model_type={saved.get('model_type')}, "
+            f"{saved.get('num_layers')} layers, weights {str(theirs)[:12]}), but the model given ({name!r}) has "
+            f"other weights ({fingerprint[:12]}); load it into the model it was trained on")
 
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
