@@ -57,11 +57,6 @@ def trial_dir(trial_id: str, arm: str) -> str:
     return BASE if arm == "base" else f"{TRIALS}/{trial_id}"
 
 
-def train_dir(trial_id: str) -> str:
-    """Where Ray Train keeps the checkpoints of a trial's fine-tune (run name ``<trial_id>-finetune``)."""
-    return f"{TRAIN}/{trial_id}-finetune"
-
-
 def trial_log(trial_id: str, name: str) -> str:
     """One of a trial's logs kept in the storage (``name``: ``<host>-<pid>.log``)."""
     return f"{LOGS}/{TRIALS}/{trial_id}/{name}"

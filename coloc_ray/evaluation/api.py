@@ -138,7 +138,7 @@ def run_eval(cfg: EvalConfig, out_dir, tracker=None) -> dict:
     benches = get_benchmarks(cfg.benchmarks)
     from coloc_ray.models.ref import check_fingerprint, spec_fingerprint
 
-    here = spec_fingerprint(cfg.model)  # cached per file: cheap after the first time
+    here = spec_fingerprint(cfg.model) if cfg.model_fingerprint or cfg.adapter else None  # cached file hashes
     if cfg.model_fingerprint:  # before any work: these weights, on this node, are the ones the study resolved
         check_fingerprint(cfg.model, here, cfg.model_fingerprint)
     if cfg.adapter:  # on every backend, before any model or engine loads: the adapter was trained on these weights

@@ -116,7 +116,7 @@ def load_model(spec, *, dtype=None, quant: str = "none", attn_implementation: st
 
     from coloc_ray.models.families import family_for
     from coloc_ray.models.introspect import model_info
-    from coloc_ray.models.ref import ModelRef, spec_fingerprint
+    from coloc_ray.models.ref import ModelRef, located
 
     if isinstance(spec, ModelRef):
         ref, spec = spec, spec.spec
@@ -153,6 +153,6 @@ def load_model(spec, *, dtype=None, quant: str = "none", attn_implementation: st
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    fingerprint = fingerprint or spec_fingerprint(spec)  # cached per file: cheap after the first time
+    fingerprint = fingerprint or located(spec, path, extra)[3]  # cached per file: cheap after the first time
     info = dataclasses.replace(model_info(model, name=spec), fingerprint=fingerprint)
     return LoadedModel(model=model, tokenizer=tok, info=info, spec=spec, path=path, fingerprint=fingerprint)

@@ -174,18 +174,27 @@ def _path_fingerprint(p: Path) -> str:
     return combine({n: file_sha256(p / n) for n in names})
 
 
+def located(spec: str, path: str, extra: dict) -> tuple[str, str | None, str | None, str | None]:
+    """``(kind, local path, revision, fingerprint)`` of ``spec`` as ``resolve_model_dir`` located it on this node
+    (``path``, ``extra``); a hub id whose weights are not in the local HF cache has no local path nor fingerprint."""
+    from coloc_ray.models.resolve import ALIASES
+
+    if "gguf_file" in extra:
+        local = str(Path(path, extra["gguf_file"]).resolve())
+        return "gguf", local, None, weights_fingerprint(local)
+    if Path(path).is_dir():
+        local = str(Path(path).resolve())
+        return ("alias" if spec in ALIASES else "dir"), local, None, weights_fingerprint(local)
+    cached = _hub_cached(spec)
+    return ("hub", *cached) if cached else ("hub", None, None, None)
+
+
 def spec_fingerprint(spec: str) -> str | None:
     """The fingerprint of ``spec`` on this node without counting a resolution (cached hashes; a hub id only
     from its local HF cache, else None). What a stage checks a config's ``model_fingerprint`` against."""
     from coloc_ray.models.resolve import resolve_model_dir
 
-    path, extra = resolve_model_dir(spec)
-    if "gguf_file" in extra:
-        return weights_fingerprint(Path(path) / extra["gguf_file"])
-    if Path(path).is_dir():
-        return weights_fingerprint(path)
-    cached = _hub_cached(spec)
-    return cached[2] if cached else None
+    return located(spec, *resolve_model_dir(spec))[3]
 
 
 def check_fingerprint(spec: str, got: str | None, want: str | None) -> None:
@@ -248,17 +257,6 @@ def _hub_remote(spec: str) -> tuple[str, str]:
     return info.sha, combine({n: siblings[n].lfs.sha256 for n in names})
 
 
-def _resolve_hub(spec: str, local_only: bool) -> tuple[str | None, str | None, str]:
-    cached = _hub_cached(spec)
-    if cached:
-        return cached
-    if local_only or _hub_offline():
-        raise UserError(f"--model {spec!r}: its weights are not in the local HF cache and the hub is off "
-                        f"(HF_HUB_OFFLINE or local_only); download them first (hf download {spec})")
-    revision, fp = _hub_remote(spec)
-    return None, revision, fp
-
-
 def resolve_model_ref(spec: str, *, local_only: bool = False) -> ModelRef:
     """Resolve ``--model`` once into a :class:`ModelRef` (counts in :data:`RESOLUTIONS`).
 
@@ -269,20 +267,15 @@ def resolve_model_ref(spec: str, *, local_only: bool = False) -> ModelRef:
     Raises:
         UserError: an unknown spec, a directory without weights, a hub id neither cached nor describable.
     """
-    from coloc_ray.models.resolve import ALIASES, resolve_model_dir
+    from coloc_ray.models.resolve import resolve_model_dir
     from coloc_ray.models.shape import model_shape
 
     RESOLUTIONS[spec] += 1
-    path, extra = resolve_model_dir(spec)
     shape = model_shape(spec, local_only=local_only)
-    revision = None
-    if "gguf_file" in extra:
-        kind, local = "gguf", str(Path(path, extra["gguf_file"]).resolve())
-        fp = weights_fingerprint(local)
-    elif Path(path).is_dir():
-        kind, local = ("alias" if spec in ALIASES else "dir"), str(Path(path).resolve())
-        fp = weights_fingerprint(local)
-    else:
-        kind = "hub"
-        local, revision, fp = _resolve_hub(spec, local_only)
+    kind, local, revision, fp = located(spec, *resolve_model_dir(spec))
+    if fp is None:  # a hub id whose weights are not in the local HF cache
+        if local_only or _hub_offline():
+            raise UserError(f"--model {spec!r}: its weights are not in the local HF cache and the hub is off "
+                            f"(HF_HUB_OFFLINE or local_only); download them first (hf download {spec})")
+        revision, fp = _hub_remote(spec)
     return ModelRef(spec=spec, kind=kind, path=local, revision=revision, fingerprint=fp, shape=shape)

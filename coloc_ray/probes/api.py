@@ -78,7 +78,7 @@ def run_sensitivity(model, pairs=None, pooling: str = "mean", sink_multiple: flo
         from coloc_ray.probes.distributed import sensitivity_on_ray
 
         got, workers = sensitivity_on_ray(ref, plist, pooling, sink_multiple, num_workers, address)
-    spec, fingerprint = model_identity(model, lm)
+    spec, fingerprint = model_identity(lm if lm is not None else model)
     per_pair = got["per_pair"]
     scores, per_domain = aggregate(plist, per_pair)
     return {
@@ -126,9 +126,10 @@ def run_rope_influence(model, eval_data=None, factors: Sequence[float] = (2.0,),
 
         raw, workers = rope_on_ray(ref, texts, facs, lays, naive, max_len, num_layers, num_workers, address)
     prof = influence_profile(raw, facs, lays, num_layers)
-    spec, fingerprint = model_identity(model, lm)
+    spec, fingerprint = model_identity(lm if lm is not None else model)
     return {
-        "model": spec, "model_fingerprint": fingerprint, "num_layers": num_layers, "factors": facs, "base_loss": raw["base_loss"],
+        "model": spec, "model_fingerprint": fingerprint, "num_layers": num_layers, "factors": facs,
+        "base_loss": raw["base_loss"],
         "scores": prof["scores"], "interpolated": prof["interpolated"], "losses": prof["losses"],
         "layers": lays, "naive": naive, "max_len": max_len, "num_texts": len(texts),
         "num_tokens": raw["num_tokens"], "per_text": per_text_record(raw, facs, lays), "num_workers": workers,

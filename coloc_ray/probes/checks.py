@@ -64,14 +64,11 @@ def check_num_workers(num_workers: int | None) -> None:
         raise UserError(f"--num-workers {num_workers}: use 0 (no Ray) or a positive number of Ray tasks")
 
 
-def model_identity(model, lm=None) -> tuple[str, str | None]:
+def model_identity(model) -> tuple[str, str | None]:
     """(spec string, weights fingerprint) a probe's output JSON records as ``model`` / ``model_fingerprint``:
     a ModelRef's or LoadedModel's own, else the spec's on this node (cached file hashes)."""
-    from coloc_ray.models.ref import ModelRef, spec_fingerprint
+    from coloc_ray.models.ref import spec_fingerprint
 
-    if isinstance(model, ModelRef):
-        return model.spec, model.fingerprint
-    if lm is not None or not isinstance(model, str):
-        lm = lm if lm is not None else model
-        return lm.spec, lm.fingerprint
-    return model, spec_fingerprint(model)
+    if isinstance(model, str):
+        return model, spec_fingerprint(model)
+    return model.spec, model.fingerprint  # a ModelRef or a LoadedModel
