@@ -41,7 +41,8 @@ class ProgressBoard:
         self.rows = {s["trial_id"]: {"trial_id": s["trial_id"], "arm": s["arm"], "control_seed": s["control_seed"],
                                      "train_seed": s["train_seed"], "state": "PENDING", "phase": "", "step": 0,
                                      "total_steps": 0 if s["arm"] == "base" else total_steps, "loss": None,
-                                     "started": None, "wall_s": None, "retries": 0} for s in specs}
+                                     "started": None, "wall_s": None, "retries": 0, "ft_node_id": None}
+                     for s in specs}
         self._dirty, self._last_write, self._last_table, self._echo = True, 0.0, "", None
 
     def update(self, trial_id: str, **fields) -> None:
@@ -50,7 +51,7 @@ class ProgressBoard:
             return
         if fields.get("state") == "RETRYING":  # the trial failed and Tune starts it again (its last checkpoint)
             row["retries"] = row.get("retries", 0) + 1
-            row["started"], self._dirty = None, True
+            row["started"], row["ft_node_id"], self._dirty = None, None, True
         if fields.get("state") == "RUNNING" and row["started"] is None:
             row["started"] = time.time()
         if fields.get("state") in TERMINAL and row["started"] is not None and row["wall_s"] is None:
@@ -108,7 +109,8 @@ class ProgressBoard:
 class FileWatcher:
     """Polls a fine-tune's ``progress.json`` on a daemon thread; reports each new step while in ``with``.
 
-    ``report`` gets ``{"phase": "finetune", "step", "loss", "eta_s", "tokens_per_s"}``. A missing or
+    ``report`` gets ``{"phase": "finetune", "step", "loss", "eta_s", "tokens_per_s", "node_id"}`` (``node_id``:
+    the Ray node of the fine-tune's rank 0, None outside Ray). A missing or
     unreadable file is skipped (it appears at the first progress line); the thread stops on exit.
     """
 
@@ -143,7 +145,7 @@ class FileWatcher:
             return None
         self._last = step
         m = {"phase": "finetune", "step": step, "loss": d.get("loss"), "eta_s": d.get("eta_s"),
-             "tokens_per_s": d.get("tokens_per_s")}
+             "tokens_per_s": d.get("tokens_per_s"), "node_id": d.get("node_id")}
         self.report(m)
         return m
 

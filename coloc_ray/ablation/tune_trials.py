@@ -77,7 +77,8 @@ def _callback_cls():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.board.update(self._id(trial), phase=result.get("phase"), step=result.get("step"),
-                              loss=result.get("loss"), eta_s=result.get("eta_s"))
+                              loss=result.get("loss"), eta_s=result.get("eta_s"),
+                              ft_node_id=result.get("node_id"))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.board.update(self._id(trial), state="DONE", phase="done")

@@ -82,15 +82,16 @@ class Loop:
 
     def __init__(self, model, scalers, train_items: list, held_items: list, cfg, pad_id: int,
                  device: Any = "cpu", rank: int = 0, world: int = 1, hooks: Optional[Hooks] = None,
-                 optimizer=None, progress_path=None):
+                 optimizer=None, progress_path=None, progress_info: Optional[dict] = None):
         """``model`` is plain, DDP-, FSDP-wrapped or a DeepSpeed engine; FSDP and ZeRO-3 pass the
         ``optimizer`` built by :func:`~coloc_ray.finetune.strategies.prepare_for_strategy` (after wrapping).
-        ``progress_path``: rank 0 rewrites this JSON file on every progress line (live view of a study)."""
+        ``progress_path``: rank 0 rewrites this JSON file on every progress line (live view of a study);
+        ``progress_info`` is added to each line (the Ray worker's node id, so a watcher knows where it runs)."""
         self.model, self.scalers, self.cfg = model, scalers, cfg
         self.train_items, self.held_items, self.pad_id = train_items, held_items, pad_id
         self.device, self.rank, self.world = torch.device(device), rank, world
         self.hooks = hooks or Hooks()
-        self.progress_path = progress_path
+        self.progress_path, self.progress_info = progress_path, dict(progress_info or {})
         self.strategy = "zero3" if _is_deepspeed(model) else "fsdp" if _is_fsdp(model) else "ddp"
         self.optimizer = optimizer if optimizer is not None else build_optimizer(_unwrap_ddp(model), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
@@ -255,7 +256,7 @@ class Loop:
         try:
             write_json(self.progress_path, {"step": self.state.step, "max_steps": self.cfg.max_steps,
                                             "loss": metrics["loss"], "tokens_per_s": metrics["tokens_per_s"],
-                                            "eta_s": eta_s, "updated": time.time()})
+                                            "eta_s": eta_s, "updated": time.time(), **self.progress_info})
         except OSError as e:  # e.g. a full or read-only disk: the live view is a convenience
             log.warning("cannot write progress file %s: %s", self.progress_path, e)
 

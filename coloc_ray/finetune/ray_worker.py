@@ -219,7 +219,8 @@ def train_loop_per_worker(config: dict) -> dict:
     loop = Loop(model, tm.scalers, prep.train_items, prep.held_items, cfg,
                 tm.tokenizer.pad_token_id, device=device, rank=rank, world=world,
                 hooks=RayHooks(tracker, rank, config.get("fault")), optimizer=optimizer,
-                progress_path=config.get("progress_file") if rank == 0 else None)
+                progress_path=config.get("progress_file") if rank == 0 else None,
+                progress_info={"node_id": ray.get_runtime_context().get_node_id()})
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:

@@ -60,7 +60,7 @@ def _live_file(path, step, loss, eta_s):
     from coloc_ray.io import write_json
 
     write_json(path, {"step": step, "max_steps": 10, "loss": loss, "tokens_per_s": 100.0, "eta_s": eta_s,
-                      "updated": 0.0})
+                      "updated": 0.0, "node_id": f"node-{step}"})
 
 
 def test_watcher_feeds_step_loss_eta_into_table(tmp_path, monkeypatch):
@@ -78,6 +78,7 @@ def test_watcher_feeds_step_loss_eta_into_table(tmp_path, monkeypatch):
     w.poll()
     assert [(m["phase"], m["step"], m["loss"], m["eta_s"]) for m in seen] == \
         [("finetune", 3, 0.75, 70.0), ("finetune", 6, 0.5, 40.0)]
+    assert [m["node_id"] for m in seen] == ["node-3", "node-6"]  # where rank 0 trains: a lost node is named
     b = ProgressBoard(tmp_path, _specs(), total_steps=10, echo=False, min_interval_s=0)
     b.update("A-t0", state="RUNNING")
     now[0] = 1100.0  # 100 s of startup: the step rate alone would say 100/6*4 = 67 s left
@@ -163,7 +164,10 @@ def test_retries_show_in_the_table(tmp_path):
              {"trial_id": "D-c1-t0", "arm": "D", "control_seed": 1, "train_seed": 0}]
     board = ProgressBoard(tmp_path, specs, total_steps=8, echo=False)
     board.update("A-t0", state="RUNNING")
+    board.update("A-t0", phase="finetune", step=3, ft_node_id="n1")
+    assert board.rows["A-t0"]["ft_node_id"] == "n1"
     board.update("A-t0", state="RETRYING")
+    assert board.rows["A-t0"]["ft_node_id"] is None  # the lost node is not where the retry runs
     board.update("A-t0", state="RUNNING")
     board.update("A-t0", state="RETRYING")
     board.flush(force=True)

@@ -31,7 +31,7 @@ def test_loop_writes_each_log_step(tmp_path, small_cfg, monkeypatch):
     prep = prepare(cfg)
     tm = prep.trainable
     loop = Loop(tm.model, tm.scalers, prep.train_items, prep.held_items, cfg, tm.tokenizer.pad_token_id,
-                progress_path=str(path))
+                progress_path=str(path), progress_info={"node_id": "n-1"})
     assert not path.exists()
     loop.run()
     assert [w["step"] for w in writes] == [2, 4, 6]  # the log steps, in order, ending at max_steps
@@ -39,6 +39,7 @@ def test_loop_writes_each_log_step(tmp_path, small_cfg, monkeypatch):
         assert w["max_steps"] == 6
         assert w["loss"] == pytest.approx(loop.state.train_losses[w["step"] - 1], rel=1e-12)
         assert w["tokens_per_s"] > 0 and w["eta_s"] >= 0
+        assert w["node_id"] == "n-1"  # the Ray worker's node, carried to the study's progress board
     assert writes[-1]["eta_s"] == 0
     assert writes[0]["updated"] <= writes[-1]["updated"]
     assert json.loads(path.read_text()) == pytest.approx(writes[-1])  # the file holds the last line
