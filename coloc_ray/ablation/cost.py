@@ -48,23 +48,30 @@ def number(x) -> Optional[float]:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _flops(model: str, ft: dict, adapted: list[int]) -> Optional[dict]:
-    tokens = number(ft.get("tokens"))
-    trainable = [number(ft.get(k)) for k in ("lora_params", "garfa_params")]
-    if tokens is None or None in trainable or not adapted:
-        return None
+def model_params(model: str) -> Optional[tuple[tuple[int, ...], int]]:
+    """:func:`~coloc_ray.models.params.param_counts` of ``model``, or None (logged) when its config cannot be read
+    here: the FLOPs estimate is bookkeeping, never a reason to fail a trial. The driver calls this once per study
+    (``TrialContext.model_params``)."""
     try:
         from coloc_ray.models.params import param_counts
 
-        blocks, head = param_counts(model)
+        return param_counts(model)
     except Exception as e:  # noqa: BLE001 - bookkeeping: a model whose config cannot be read here costs n/a
         log.warning("fine-tune FLOPs of %s not estimated: %s", model, str(e).splitlines()[0] if str(e) else e)
         return None
+
+
+def _flops(params: Optional[tuple], ft: dict, adapted: list[int]) -> Optional[dict]:
+    tokens = number(ft.get("tokens"))
+    trainable = [number(ft.get(k)) for k in ("lora_params", "garfa_params")]
+    if params is None or tokens is None or None in trainable or not adapted:
+        return None
+    blocks, head = params
     return finetune_flops(int(tokens), list(blocks), head, int(sum(trainable)), adapted)
 
 
 def trial_cost(spec: dict, study: dict, ft: dict, ft_wall_s: float, ev: dict, eval_run: Optional[dict],
-               eval_span: dict) -> dict:
+               eval_span: dict, params: Optional[tuple] = None) -> dict:
     """A trial's ``cost`` record.
 
     Args:
@@ -76,6 +83,7 @@ def trial_cost(spec: dict, study: dict, ft: dict, ft_wall_s: float, ev: dict, ev
         ev: eval.json (``new_tokens`` per benchmark).
         eval_run: the evaluation's run record (eval_config.json ``run``: ``wall_s, cpu_s, gpus, gpu_s``), or None.
         eval_span: ``{"start", "end"}`` of the evaluation, used when there is no run record.
+        params: the model's ``(block parameters, head parameters)`` (:func:`model_params`); None: no FLOPs.
 
     Fine-tune GPU-seconds = workers x GPUs per worker x wall; fine-tune CPU-seconds are those the workers hold
     (workers x CPUs per worker x wall: their own CPU time is not measured). The evaluation's GPU- and
@@ -94,7 +102,7 @@ def trial_cost(spec: dict, study: dict, ft: dict, ft_wall_s: float, ev: dict, ev
         eval_gpus = r.get("gpus_per_eval")  # null = gpus_per_worker (ResourceSettings.eval_gpus)
         ev_gpu = float(eval_gpus if eval_gpus is not None else r.get("gpus_per_worker", 0.0)) * span
     new_tokens = [number(v.get("new_tokens")) for v in ev.values() if isinstance(v, dict)]
-    flops = None if base else _flops(study["model"], ft, sorted({*spec["lora_layers"], *spec["garfa_layers"]}))
+    flops = None if base else _flops(params, ft, sorted({*spec["lora_layers"], *spec["garfa_layers"]}))
     return {"finetune_wall_s": round(ft_wall, 3),
             "finetune_gpu_s": round(workers * float(r.get("gpus_per_worker", 0.0)) * ft_wall, 3),
             "finetune_cpu_s": round(workers * float(r.get("cpus_per_worker", 0.0)) * ft_wall, 3),

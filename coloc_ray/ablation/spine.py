@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from coloc_ray.ablation import layout
+from coloc_ray.ablation.cost import model_params
 from coloc_ray.ablation.layersets import build_layer_sets, plan_trials
 from coloc_ray.ablation.progress import ProgressBoard
 from coloc_ray.ablation.stages import Stages
@@ -297,7 +298,7 @@ def _trial_ctx(cfg: StudyConfig, ref: ModelKey, store, parent_run_id: str | None
     return TrialContext(
         study=cfg, storage=store.root, model=ref.model, parent_run_id=parent_run_id, data_dir=data_dir,
         gpus=r.gpus_per_trial + r.workers_per_trial * r.gpus_per_worker, threads=max(1, round(cpus)),
-        start_timeout_s=r.start_timeout_s,
+        start_timeout_s=r.start_timeout_s, model_params=model_params(cfg.model),
         eval_resources={"GPU": r.eval_gpus, "CPU": r.cpus_per_eval, "start_timeout_s": r.start_timeout_s}
         if r.eval_gpus > 0 else {})
 

@@ -46,6 +46,7 @@ class TrialContext:
     gpus: float = 0.0  # GPUs the trial holds (for gpu_hours)
     threads: int = 1  # torch threads of the trial process
     start_timeout_s: float = 300.0  # bound on every wait for resources
+    model_params: Optional[tuple] = None  # the model's (block, head) parameter counts, from the driver (FLOPs)
     eval_resources: dict = field(default_factory=dict)  # {"GPU", "CPU", "start_timeout_s"} of a GPU evaluation
     progress_interval_s: float = 2.0
     tracking: bool = True
@@ -258,7 +259,7 @@ def _record(spec: dict, ctx: TrialContext, where: str, ft: dict, ev: dict, wall_
 def _cost(spec: dict, ctx: TrialContext, ft: dict, ft_wall: float, ev: dict, eval_dir: Path, span: dict) -> dict:
     """The trial's ``cost`` record (:func:`coloc_ray.ablation.cost.trial_cost`), with the evaluation's run
     record read from its ``eval_config.json`` (absent: an evaluation stage that writes none)."""
-    from coloc_ray.ablation.cost import trial_cost
+    from coloc_ray.ablation.cost import model_params, trial_cost
     from coloc_ray.io import read_json
 
     run = None
@@ -267,7 +268,10 @@ def _cost(spec: dict, ctx: TrialContext, ft: dict, ft_wall: float, ev: dict, eva
             run = read_json(eval_dir / "eval_config.json").get("run")
         except (ValueError, AttributeError) as e:
             log.warning("%s unreadable (%s): evaluation cost from its span", eval_dir / "eval_config.json", e)
-    return trial_cost(spec, ctx.study.resolved(), ft, ft_wall, ev, run, span)
+    params = ctx.model_params
+    if params is None and ctx.model is None and spec["arm"] != "base":  # no driver resolution: this node's
+        params = model_params(ctx.study.model)
+    return trial_cost(spec, ctx.study.resolved(), ft, ft_wall, ev, run, span, params)
 
 
 def _log_result(tracker, rec: dict, out: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coloc_ray.ablation.cost import trial_cost
+from coloc_ray.ablation.cost import model_params, trial_cost
 from coloc_ray.ablation.stages import Stages
 from coloc_ray.ablation.study_config import StudyConfig
 from coloc_ray.ablation.trial import TrialContext, run_trial
@@ -51,7 +51,7 @@ def test_finetune_flops_match_a_hand_count(model, lora, garfa):
     counts = trainable_counts(tm.model)
     assert sum(counts.values()) == n_train
     spec = {"arm": "A", "lora_layers": lora, "garfa_layers": garfa}
-    got = trial_cost(spec, {"model": model}, {"tokens": T, **counts}, 1.0, {}, None, {})
+    got = trial_cost(spec, {"model": model}, {"tokens": T, **counts}, 1.0, {}, None, {}, model_params(model))
     assert got["finetune_flops"] == want
     assert got["flops_terms"]["lowest_adapted_layer"] == min(lora + garfa)
 
@@ -60,7 +60,7 @@ def test_late_layers_cost_fewer_flops_than_early_ones():
     def flops(layers):
         ft = {"tokens": T, "lora_params": 1000, "garfa_params": 0}
         return trial_cost({"arm": "A", "lora_layers": layers, "garfa_layers": []}, {"model": "tiny-gqa"}, ft, 1.0,
-                          {}, None, {})["finetune_flops"]
+                          {}, None, {}, model_params("tiny-gqa"))["finetune_flops"]
 
     assert flops([3]) < flops([2]) < flops([1]) < flops([0])
 

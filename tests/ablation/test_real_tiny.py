@@ -47,6 +47,13 @@ def test_real_stages_tiny_study(ray_local, tmp_path):
     acc = rec["accelerators"]
     assert [w["rank"] for w in acc["finetune"]] == [0] and acc["finetune"][0]["node_id"] == acc["eval"]["node_id"]
     assert acc["finetune"][0]["gpu_ids"] == [] and rec["attempt"] == 1
+    # the FLOPs estimate from the driver's parameter counts of the model (the trial node does not re-read it)
+    from coloc_ray.ablation.cost import finetune_flops, model_params
+
+    blocks, head = model_params("tiny-gqa")
+    n_train = rec["finetune"]["lora_params"] + rec["finetune"]["garfa_params"]
+    assert rec["cost"]["finetune_flops"] == finetune_flops(rec["finetune"]["tokens"], list(blocks), head, n_train,
+                                                           sets["S"])["flops"] > 0
     kids = mlflow_children(cfg.tracking_uri, (study / "mlflow_run_id").read_text().strip())
     names = {k.info.run_name for k in kids}
     assert {"base", "A-t0"} <= names
