@@ -249,6 +249,16 @@ class MultiNodeCluster(_Started):
         self._kill(tree)
         node.proc.wait(timeout=30)
 
+    def freeze_node(self, k: int | str, frozen: bool = True) -> None:
+        """SIGSTOP (``frozen``) or SIGCONT every process of worker node ``k``: while frozen nothing on it advances,
+        so a test can look at what runs there and then kill it in that state."""
+        name = k if isinstance(k, str) else f"w{k}"
+        sig = signal.SIGSTOP if frozen else signal.SIGCONT
+        for pid, n in self.pids().items():
+            if n == name:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+
     @staticmethod
     def _kill(pids) -> None:
         for pid in pids:

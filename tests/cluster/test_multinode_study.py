@@ -54,12 +54,12 @@ def cluster(s3_server, tmp_path_factory):
 
 def _study(tmp_path) -> Path:
     """tiny_test cut to base + A + D, with logical GPUs for the workers and the evaluation, and checkpoints
-    every 2 of 8 steps so that a node lost mid-fine-tune has something to resume from."""
+    every 2 of 12 steps so that a node lost mid-fine-tune has something to resume from."""
     d = yaml.safe_load(TINY.read_text())
     d.update(name="tiny_mn", arms=["A", "D"], control_seeds=[123], train_seeds=[0], max_failures=2)
     d["evaluation"].update(benchmarks=["arc_challenge"], limit=1)
     d["probes"].update(num_workers=2)
-    d["training"].update(max_steps=8, max_len=256, checkpoint_every=2, log_every=1)
+    d["training"].update(max_steps=12, max_len=256, checkpoint_every=2, log_every=1)
     d["resources"] = {"cpus_per_trial": 0.5, "workers_per_trial": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 1,
                       "gpus_per_eval": 1, "cpus_per_eval": 0.5, "start_timeout_s": 120}
     p = tmp_path / "tiny_mn.yaml"
@@ -71,6 +71,21 @@ def _actor_nodes(cluster, name_part: str) -> set[str]:
     """The node ids of the live actors whose class name contains ``name_part``."""
     actors = cluster._get("/api/v0/actors?limit=1000&detail=true", timeout=10)["data"]["result"]["result"]
     return {a["node_id"] for a in actors if name_part in (a.get("class_name") or "") and a.get("state") == "ALIVE"}
+
+
+def _finetunes_between(store, trial_ids: list[str], lo: int, hi: int) -> list[tuple[str, dict]]:
+    """(trial id, progress line) of each fine-tune whose rank 0 last wrote a step in ``[lo, hi]``: the live
+    progress file of its Ray Train run in the study's storage (``train/<trial>-finetune/progress.json``)."""
+    out = []
+    for tid in trial_ids:
+        path = f"train/{tid}-finetune/progress.json"
+        try:
+            line = store.read_json(path) if store.is_file(path) else None
+        except (OSError, ValueError):  # being rewritten
+            line = None
+        if line and lo <= (line.get("step") or 0) <= hi and line.get("node_id"):
+            out.append((tid, line))
+    return out
 
 
 def _replace_node(cluster) -> None:
@@ -164,30 +179,33 @@ def test_study_in_a_bucket_survives_a_lost_node(cluster, s3_server, mlflow_serve
     job_id = r.stdout.strip().splitlines()[-1].split()[0]
     print(f"submitted {job_id} in {time.time() - t0:.0f} s")
 
-    # Wait until a fine-tune has checkpointed (step 3 to 5 of 8), then kill the node its Ray Train worker is on.
+    # Wait until a fine-tune has checkpointed (step 3 to 9 of 12), then kill the node its Ray Train worker is on.
+    # Read at the source: the progress file rank 0 rewrites in the bucket on every step, which names its node
+    # (the driver's progress.json relays it through Tune and lags it by seconds). A quiet machine runs a step in
+    # well under a second, so the node is frozen first: nothing there advances while the test looks.
     with cluster.client_env():
         store = Storage(out)
         killed, deadline = None, time.time() + 900
         while killed is None and time.time() < deadline:
             assert _job_status(cluster, job_id) in ("PENDING", "RUNNING"), _job_log(cluster, job_id)
-            prog = store.read_json("progress.json") if store.is_file("progress.json") else {"trials": []}
-            # progress.json names the node each fine-tune's rank 0 trains on: kill that node while its Ray
-            # Train worker is alive there (two fine-tunes may run at once, one per node), after a checkpoint
-            # (step 2) and well before the last step (the board may lag the worker by a few seconds).
-            busy = [t for t in prog["trials"] if t.get("phase") == "finetune" and 3 <= (t.get("step") or 0) <= 5
-                    and t.get("ft_node_id")]
-            live = _actor_nodes(cluster, "TrainWorker") if busy else set()
-            victim = [(k, t) for t in busy if t["ft_node_id"] in live
-                      for k in ("w1", "w2", "w3") if k in cluster.nodes and cluster.node_id(k) == t["ft_node_id"]]
-            if victim:
-                (name, trial), t_kill = victim[0], time.time()
-                cluster.kill_node(name)
-                killed = (name, trial["trial_id"])
-                print(f"killed {name} under {trial['trial_id']} at step {trial['step']}, "
-                      f"{t_kill - t0:.0f} s after submit")
-                cluster.wait_node_dead(name, timeout=120)
-                _replace_node(cluster)
-            time.sleep(1)
+            busy = _finetunes_between(store, ["A-t0", "D-c123-t0"], 3, 9)
+            names = {cluster.node_id(k): k for k in ("w1", "w2", "w3") if k in cluster.nodes} if busy else {}
+            for tid, line in busy:
+                name = names.get(line["node_id"])
+                if name is None:
+                    continue
+                cluster.freeze_node(name)
+                # Two fine-tunes may run at once, one per node: kill only where this one's worker is alive.
+                if line["node_id"] in _actor_nodes(cluster, "TrainWorker"):
+                    t_kill = time.time()
+                    cluster.kill_node(name)
+                    killed = (name, tid)
+                    print(f"killed {name} under {tid} at step {line['step']}, {t_kill - t0:.0f} s after submit")
+                    cluster.wait_node_dead(name, timeout=120)
+                    _replace_node(cluster)
+                    break
+                cluster.freeze_node(name, frozen=False)
+            time.sleep(0.5)
         assert killed, "no fine-tune was seen between steps 3 and 5 on a worker node within the wait"
 
         while _job_status(cluster, job_id) in ("PENDING", "RUNNING") and time.time() < deadline + 300:
