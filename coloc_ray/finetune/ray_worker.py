@@ -36,15 +36,20 @@ def run_progress_file(storage_path: str, name: str) -> Optional[str]:
     return f"{s.rstrip('/')}/{name}/{PROGRESS}" if "://" in s else str(Path(s) / name / PROGRESS)
 
 
-def run_location(cfg, out_dir) -> tuple[str, str, str]:
-    """(run name, Ray Train run name, storage path) of ``run_finetune(cfg, out_dir)``: the one place they are derived."""
+def ray_run_name(name: str) -> str:
+    """Ray Train's run name for run ``name``: a directory under storage_path, so no separators (study trials pass
+    ``"<trial>/finetune"``, which becomes ``"<trial>-finetune"``)."""
     import re
 
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def run_location(cfg, out_dir) -> tuple[str, str, str]:
+    """(run name, Ray Train run name, storage path) of ``run_finetune(cfg, out_dir)``: the one place they are derived."""
     from coloc_ray.io import config_hash
 
     name = cfg.run_name or f"finetune-{config_hash(cfg.model_dump(mode='json'))}"
-    # Ray Train's run name is a directory under storage_path: no separators (study trials pass "t/finetune").
-    ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    ray_name = ray_run_name(name)
     if cfg.storage_path and "://" in cfg.storage_path:
         storage = cfg.storage_path.rstrip("/")  # an object-store URI: Ray Train opens it with pyarrow.fs
     elif cfg.storage_path:

@@ -75,18 +75,21 @@ def _actor_nodes(cluster, name_part: str) -> set[str]:
 
 def _finetunes_between(store, trial_ids: list[str], lo: int, hi: int) -> list[tuple[str, dict]]:
     """(trial id, progress line) of each fine-tune whose rank 0 last wrote a step in ``[lo, hi]`` and whose Ray
-    Train controller has registered a checkpoint (a checkpoint reported but not yet registered is lost with
-    its worker: a repeat of this test once killed at step 4 before the controller's poll, and the run restarted
-    from step 0). Both are read from the run's folder in
-    the study storage: ``progress.json`` (rank 0, every step) and Ray Train's ``checkpoint_manager_snapshot.json``."""
+    Train controller has registered a checkpoint (one reported but not yet registered is lost with its worker: a
+    repeat of this test once killed at step 4 before the controller's poll, and the run restarted from step 0).
+    Both are read from the run's folder in the study storage: the progress file rank 0 rewrites on every step,
+    and Ray Train's ``checkpoint_manager_snapshot.json`` beside it."""
+    from coloc_ray.ablation import layout
+    from coloc_ray.finetune.ray_worker import ray_run_name, run_progress_file
+
     out = []
     for tid in trial_ids:
-        run = f"train/{tid}-finetune"
+        progress = run_progress_file(layout.TRAIN, ray_run_name(f"{tid}/finetune"))  # as the trial names its run
+        snap = str(Path(progress).with_name("checkpoint_manager_snapshot.json"))
         try:
-            line = store.read_json(f"{run}/progress.json") if store.is_file(f"{run}/progress.json") else None
+            line = store.read_json(progress) if store.is_file(progress) else None
             if not (line and lo <= (line.get("step") or 0) <= hi and line.get("node_id")):
                 continue
-            snap = f"{run}/checkpoint_manager_snapshot.json"
             if store.is_file(snap) and store.read_json(snap).get("latest_checkpoint_result"):
                 out.append((tid, line))
         except (OSError, ValueError):  # being rewritten
